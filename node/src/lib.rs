@@ -1,1 +1,37 @@
-//! placeholder
+//! beam's protocol core: identity, wire format and the Kademlia DHT — sans-IO.
+//!
+//! # Layout
+//!
+//! - [`id`] — [`PeerId`] (ed25519 public key), DHT [`Key`]s, the XOR [`Distance`], and the
+//!   `beam://` address form.
+//! - [`record`] — signed service and name records and the rules every holder applies.
+//! - [`wire`] — the message enum and its codec (version byte, postcard, hard size limit;
+//!   decoding never panics).
+//! - [`dht`] — Kademlia: [`dht::kbucket`] (routing table), [`dht::query`] (the iterative
+//!   lookup, a pure data structure), [`dht::store`] (records held for others) and the
+//!   [`dht::Dht`] state machine.
+//! - [`node`] — [`Node`], which composes the parts behind one calling contract.
+//!
+//! # Design
+//!
+//! The same code runs inside the deterministic simulator (`sim`) and under the real libp2p
+//! driver (`beam`), so nothing here touches a socket, a clock or a global RNG. Every state
+//! machine speaks one vocabulary, taken from quinn-proto and str0m: `handle_*(now, …)` for
+//! inputs, `poll_transmit` / `poll_event` / `poll_timeout` for outputs; commands return ids
+//! that the events finishing them carry. Peers are addressed by [`PeerId`]; addresses are
+//! opaque hints. Everything that grows with input from the network is bounded, and
+//! everything a peer sends is checked before it is used.
+#![warn(missing_docs)]
+
+pub mod dht;
+pub mod id;
+pub mod node;
+pub mod record;
+pub mod wire;
+
+#[cfg(test)]
+mod testnet;
+
+pub use id::{Distance, Key, Keypair, PeerId};
+pub use node::{Event, Node, NodeConfig, Transmit};
+pub use record::{Addr, Participation, Record};

@@ -1,0 +1,663 @@
+//! An in-memory network of [`Node`]s for protocol tests: no tokio, no sockets, one seed.
+//!
+//! A discrete-event loop in the spirit of str0m's `progress` and quinn-proto's `Pair`: a
+//! min-heap of pending deliveries (each message encoded and decoded through the real wire
+//! codec, delayed by a seeded per-message latency) and a min-heap of node timers. `step`
+//! takes the earliest, advances the clock to it and feeds it to its node, then drains that
+//! node's outputs. Same seed, same run.
+
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::dht::{self, DhtConfig, Publish};
+use crate::id::{Key, Keypair, PeerId};
+use crate::node::{Event, Node, NodeConfig};
+use crate::record::{Addr, Participation};
+use crate::wire::Contact;
+
+pub const UNIX_START: u64 = 1_800_000_000;
+
+pub fn addr(i: usize) -> Addr {
+    Addr::new(format!("n{i}"))
+}
+
+fn index_of(a: &Addr) -> Option<usize> {
+    a.as_str().strip_prefix('n')?.parse().ok()
+}
+
+pub struct TestNet {
+    pub start: Instant,
+    pub now: Instant,
+    pub nodes: Vec<Option<Node>>,
+    pub ids: Vec<PeerId>,
+    pub participation: Vec<Participation>,
+    rng: ChaCha8Rng,
+    seq: u64,
+    deliveries: BinaryHeap<Reverse<(Instant, u64)>>,
+    packets: BTreeMap<u64, (usize, usize, Vec<u8>)>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    scheduled: Vec<Option<Instant>>,
+    pub events: Vec<(usize, Instant, Event)>,
+    /// One-way latency range, uniform.
+    pub latency: (Duration, Duration),
+    /// Per-message drop probability.
+    pub loss: f64,
+    pub messages: u64,
+}
+
+impl TestNet {
+    pub fn new(seed: u64) -> Self {
+        let start = Instant::now();
+        Self {
+            start,
+            now: start,
+            nodes: vec![],
+            ids: vec![],
+            participation: vec![],
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            seq: 0,
+            deliveries: BinaryHeap::new(),
+            packets: BTreeMap::new(),
+            timers: BinaryHeap::new(),
+            scheduled: vec![],
+            events: vec![],
+            latency: (Duration::from_millis(10), Duration::from_millis(80)),
+            loss: 0.0,
+            messages: 0,
+        }
+    }
+
+    /// Adds a node (not yet bootstrapped); returns its index.
+    pub fn add(
+        &mut self,
+        participation: Participation,
+        tweak: impl FnOnce(&mut DhtConfig),
+    ) -> usize {
+        let mut config = NodeConfig::new(participation);
+        tweak(&mut config.dht);
+        let kp = Keypair::generate(&mut self.rng);
+        let seed = self.rng.random();
+        let unix = UNIX_START + self.now.duration_since(self.start).as_secs();
+        let node = Node::new(config, kp, seed, self.now, unix);
+        self.ids.push(node.peer_id());
+        self.nodes.push(Some(node));
+        self.participation.push(participation);
+        self.scheduled.push(None);
+        let i = self.nodes.len() - 1;
+        self.after_input(i);
+        i
+    }
+
+    pub fn contact(&self, i: usize) -> Contact {
+        Contact {
+            peer: self.ids[i],
+            addr: addr(i),
+        }
+    }
+
+    pub fn node(&mut self, i: usize) -> &mut Node {
+        self.nodes[i].as_mut().expect("node is alive")
+    }
+
+    pub fn alive(&self, i: usize) -> bool {
+        self.nodes[i].is_some()
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i] = None;
+    }
+
+    /// Runs `f` on node `i` at the current time and drains its outputs.
+    pub fn with<T>(&mut self, i: usize, f: impl FnOnce(&mut Node, Instant) -> T) -> T {
+        let now = self.now;
+        let out = f(self.node(i), now);
+        self.after_input(i);
+        out
+    }
+
+    fn after_input(&mut self, i: usize) {
+        let Some(node) = self.nodes[i].as_mut() else {
+            return;
+        };
+        let mut out = vec![];
+        while let Some(t) = node.poll_transmit() {
+            out.push(t);
+        }
+        while let Some(e) = node.poll_event() {
+            self.events.push((i, self.now, e));
+        }
+        let next = node.poll_timeout();
+        for t in out {
+            let Some(to) = index_of(&t.addr) else {
+                continue;
+            };
+            let bytes = t.encode().expect("the node only builds encodable messages");
+            if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+                continue;
+            }
+            let (lo, hi) = self.latency;
+            let delay = self.rng.random_range(lo..=hi);
+            self.seq += 1;
+            self.deliveries.push(Reverse((self.now + delay, self.seq)));
+            self.packets.insert(self.seq, (to, i, bytes));
+        }
+        if let Some(t) = next
+            && self.scheduled[i] != Some(t)
+        {
+            self.scheduled[i] = Some(t);
+            self.timers.push(Reverse((t, i)));
+        }
+    }
+
+    /// Processes the next event; returns false when there is none before `until`.
+    fn step(&mut self, until: Instant) -> bool {
+        let d = self.deliveries.peek().map(|Reverse((t, _))| *t);
+        let t = self.timers.peek().map(|Reverse((t, _))| *t);
+        let next = match (d, t) {
+            (None, None) => return false,
+            (Some(d), None) => d,
+            (None, Some(t)) => t,
+            (Some(d), Some(t)) => d.min(t),
+        };
+        if next > until {
+            return false;
+        }
+        self.now = self.now.max(next);
+        if d == Some(next) {
+            let Reverse((_, seq)) = self.deliveries.pop().unwrap();
+            let (to, from, bytes) = self.packets.remove(&seq).unwrap();
+            self.messages += 1;
+            let from_id = self.ids[from];
+            let now = self.now;
+            if let Some(node) = self.nodes[to].as_mut() {
+                node.handle_datagram(now, from_id, addr(from), &bytes);
+                self.after_input(to);
+            }
+        } else {
+            let Reverse((_, i)) = self.timers.pop().unwrap();
+            if self.scheduled[i] != Some(next) {
+                return true; // superseded
+            }
+            self.scheduled[i] = None;
+            let now = self.now;
+            if let Some(node) = self.nodes[i].as_mut() {
+                node.handle_timeout(now);
+                self.after_input(i);
+            }
+        }
+        true
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        while self.step(until) {}
+        self.now = until;
+    }
+
+    /// Takes the events recorded so far.
+    pub fn take_events(&mut self) -> Vec<(usize, Instant, Event)> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Builds a network of `n` nodes joining one every `gap`, each bootstrapping from up to
+    /// three random servers that joined before it; then runs `settle`.
+    pub fn grow(
+        seed: u64,
+        n: usize,
+        light_every: Option<usize>,
+        gap: Duration,
+        settle: Duration,
+        tweak: impl Fn(&mut DhtConfig),
+    ) -> Self {
+        let mut net = TestNet::new(seed);
+        for i in 0..n {
+            let p = match light_every {
+                Some(m) if i % m == m - 1 => Participation::Light,
+                _ => Participation::Routing,
+            };
+            let me = net.add(p, &tweak);
+            let servers: Vec<usize> = (0..me)
+                .filter(|j| net.participation[*j].is_server())
+                .collect();
+            let mut contacts = vec![];
+            for _ in 0..3.min(servers.len()) {
+                let j = servers[net.rng.random_range(0..servers.len())];
+                contacts.push(net.contact(j));
+            }
+            net.with(me, |node, now| node.bootstrap(now, contacts));
+            net.run_for(gap);
+        }
+        net.run_for(settle);
+        net
+    }
+
+    /// The true k closest live servers to `target`, other than `asker` (a lookup never
+    /// returns the node that runs it).
+    pub fn true_closest(&self, target: &Key, k: usize, asker: usize) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = (0..self.nodes.len())
+            .filter(|i| *i != asker && self.alive(*i) && self.participation[*i].is_server())
+            .map(|i| self.ids[i])
+            .collect();
+        v.sort_by_key(|p| p.key().distance(target));
+        v.truncate(k);
+        v
+    }
+
+    pub fn random_index(&mut self) -> usize {
+        self.rng.random_range(0..self.nodes.len())
+    }
+
+    pub fn random_key(&mut self) -> Key {
+        Key(self.rng.random())
+    }
+}
+
+/// Runs `queries` lookups of random keys from random live nodes; returns (exact matches,
+/// total, mean hops, per-lookup durations).
+fn lookups(net: &mut TestNet, queries: usize) -> (usize, usize, f64, Vec<Duration>) {
+    let k = 20;
+    let mut started = BTreeMap::new();
+    for _ in 0..queries {
+        let mut i = net.random_index();
+        while !net.alive(i) {
+            i = net.random_index();
+        }
+        let target = net.random_key();
+        let id = net
+            .with(i, |n, now| n.lookup(now, target))
+            .expect("started");
+        started.insert((i, id), target);
+        net.run_for(Duration::from_millis(5));
+    }
+    net.run_for(Duration::from_secs(10));
+    let mut ok = 0;
+    let mut hops = 0u64;
+    let mut durations = vec![];
+    let mut finished = 0;
+    for (i, _, e) in net.take_events() {
+        if let Event::Dht(dht::Event::Lookup {
+            id,
+            target,
+            closest,
+            stats,
+        }) = e
+            && let Some(t) = started.get(&(i, id))
+        {
+            assert_eq!(*t, target);
+            finished += 1;
+            let got: Vec<PeerId> = closest.iter().map(|c| c.peer).collect();
+            if got == net.true_closest(&target, k, i) {
+                ok += 1;
+            }
+            hops += stats.hops as u64;
+            durations.push(stats.duration);
+        }
+    }
+    assert_eq!(finished, queries, "every lookup finishes");
+    (ok, queries, hops as f64 / queries as f64, durations)
+}
+
+#[test]
+fn lookups_in_a_1000_node_network_find_the_k_closest() {
+    let mut net = TestNet::grow(
+        7,
+        1000,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(30),
+        |_| {},
+    );
+    let bootstrapped = net
+        .take_events()
+        .into_iter()
+        .filter(|(_, _, e)| matches!(e, Event::Dht(dht::Event::Bootstrapped { .. })))
+        .count();
+    assert_eq!(bootstrapped, 1000);
+    let (ok, total, hops, _) = lookups(&mut net, 2000);
+    let success = ok as f64 / total as f64;
+    eprintln!(
+        "1000 nodes: {ok}/{total} lookups exact ({success:.4}), mean hops {hops:.2}, {} messages",
+        net.messages
+    );
+    assert!(success >= 0.999, "lookup success {success}");
+    assert!(hops <= (1000f64).log2() / 2.0, "mean hops {hops}");
+    // The size estimate, once every node's bucket refresh has run (its samples come from
+    // lookups; those made while the network was still growing are out of date).
+    net.run_for(Duration::from_secs(11 * 60));
+    let (mut err, mut signed) = (0.0, 0.0);
+    for i in 0..1000 {
+        let est = net
+            .node(i)
+            .dht()
+            .size_estimate()
+            .expect("lookups gave samples");
+        err += (est - 1000.0).abs() / 1000.0;
+        signed += (est - 1000.0) / 1000.0;
+    }
+    let err = err / 1000.0;
+    eprintln!(
+        "size estimate mean error {err:.3} (signed {:.3})",
+        signed / 1000.0
+    );
+    assert!(err <= 0.10, "size estimate error {err}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let run = |seed| {
+        let mut net = TestNet::grow(
+            seed,
+            60,
+            Some(4),
+            Duration::from_millis(20),
+            Duration::from_secs(5),
+            |_| {},
+        );
+        let (ok, _, hops, durations) = lookups(&mut net, 50);
+        (ok, hops, durations, net.messages)
+    };
+    assert_eq!(run(11), run(11));
+    assert_ne!(run(11).3, run(12).3);
+}
+
+#[test]
+fn lookups_survive_a_fifth_of_the_network_dying() {
+    let mut net = TestNet::grow(
+        8,
+        300,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    for i in (0..300).step_by(5) {
+        net.kill(i);
+    }
+    // Straight after the deaths, lookups still finish and never return a dead peer.
+    let dead: Vec<PeerId> = (0..300).step_by(5).map(|i| net.ids[i]).collect();
+    let (_, total, _, _) = lookups(&mut net, 100);
+    assert_eq!(total, 100);
+    for (_, _, e) in net.take_events() {
+        if let Event::Dht(dht::Event::Lookup { closest, .. }) = e {
+            assert!(closest.iter().all(|c| !dead.contains(&c.peer)));
+        }
+    }
+    // Once the bucket refresh has run, tables have dropped the dead and lookups are exact.
+    net.run_for(Duration::from_secs(660));
+    let (ok, total, _, _) = lookups(&mut net, 300);
+    assert!(ok as f64 / total as f64 >= 0.99, "{ok}/{total}");
+}
+
+#[test]
+fn light_peers_ask_but_are_never_in_routing_tables() {
+    let mut net = TestNet::grow(
+        9,
+        200,
+        Some(3),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let light: Vec<PeerId> = (0..200)
+        .filter(|i| !net.participation[*i].is_server())
+        .map(|i| net.ids[i])
+        .collect();
+    assert!(!light.is_empty());
+    for i in 0..200 {
+        let node = net.node(i);
+        for e in node.dht().table().iter() {
+            assert!(
+                !light.contains(&e.contact.peer),
+                "a light peer is in node {i}'s table"
+            );
+        }
+    }
+    // …and their lookups still work.
+    let (ok, total, _, _) = lookups(&mut net, 200);
+    assert!(ok as f64 / total as f64 >= 0.99, "{ok}/{total}");
+}
+
+fn service_template() -> crate::record::ServiceRecord {
+    crate::record::ServiceRecord {
+        peer: PeerId::from_bytes([0; 32]),
+        seq: 0,
+        expires: 0,
+        tor_address: None,
+        endpoints: vec![Addr::new("/ip4/127.0.0.1/udp/9/quic-v1")],
+        relays: vec![],
+        coordinates: None,
+        participation: Participation::Routing,
+        noise_key: None,
+    }
+}
+
+fn put_outcome(
+    net: &mut TestNet,
+    who: usize,
+    id: dht::QueryId,
+) -> (usize, usize, Option<crate::record::RecordError>) {
+    net.run_for(Duration::from_secs(10));
+    for (i, _, e) in net.take_events() {
+        if let Event::Dht(dht::Event::PutRecord {
+            id: got,
+            stored,
+            refused,
+            refusal,
+            ..
+        }) = e
+            && i == who
+            && got == id
+        {
+            return (stored, refused, refusal);
+        }
+    }
+    panic!("no PutRecord event");
+}
+
+fn get(net: &mut TestNet, who: usize, key: Key) -> Option<crate::record::Record> {
+    let id = net
+        .with(who, |n, now| n.get_record(now, key))
+        .expect("started");
+    net.run_for(Duration::from_secs(10));
+    for (i, _, e) in net.take_events() {
+        if let Event::Dht(dht::Event::GetRecord {
+            id: got, record, ..
+        }) = e
+            && i == who
+            && got == id
+        {
+            return record;
+        }
+    }
+    panic!("no GetRecord event");
+}
+
+#[test]
+fn records_are_found_and_forged_or_stale_ones_refused() {
+    let mut net = TestNet::grow(
+        10,
+        200,
+        Some(5),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let owner = 17;
+    let id = net
+        .with(owner, |n, now| {
+            n.publish(now, Publish::Service(service_template()))
+        })
+        .expect("started");
+    let (stored, refused, _) = put_outcome(&mut net, owner, id);
+    assert_eq!((stored, refused), (20, 0));
+    let key = net.ids[owner].key();
+    for reader in [3, 4, 150, 199] {
+        let r = get(&mut net, reader, key).expect("found");
+        assert_eq!(r.owner(), net.ids[owner]);
+    }
+    // A forgery: mallory signs a record claiming to be the owner's.
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mallory = Keypair::generate(&mut rng);
+    let unix = UNIX_START + net.now.duration_since(net.start).as_secs();
+    let held = get(&mut net, 3, key).expect("found");
+    let crate::record::Record::Service(s) = held.clone() else {
+        panic!()
+    };
+    let forged_body = crate::record::ServiceRecord {
+        seq: s.body.seq + 1,
+        endpoints: vec![Addr::new("/ip4/6.6.6.6/udp/1")],
+        ..s.body.clone()
+    };
+    let crate::record::Record::Service(sig_by_mallory) = forged_body.clone().sign(&mallory) else {
+        panic!()
+    };
+    let forged = crate::record::Record::Service(crate::record::Signed {
+        body: forged_body,
+        signature: sig_by_mallory.signature,
+    });
+    // The local check refuses it before sending…
+    assert!(
+        net.with(40, |n, now| n.put_record(now, forged.clone()))
+            .is_err()
+    );
+    // …and a holder refuses it when it arrives raw.
+    let holder = (0..200)
+        .find(|i| net.node(*i).dht().store().get(&key, unix).is_some() && *i != owner)
+        .expect("a holder");
+    let msg = crate::wire::Message::Dht(crate::wire::DhtMessage::Request {
+        id: 999,
+        mode: crate::wire::Mode::Server,
+        body: crate::wire::Request::Store { record: forged },
+    });
+    let from = net.ids[40];
+    net.with(holder, |n, now| n.handle_message(now, from, addr(40), msg));
+    assert_eq!(
+        get(&mut net, 150, key),
+        Some(held.clone()),
+        "the forgery did not replace the record"
+    );
+    // A stale record (an older sequence number, correctly signed) is refused.
+    let crate::record::Record::Service(s) = held else {
+        panic!()
+    };
+    assert!(net.node(holder).dht().store().get(&key, unix).is_some());
+    let _ = s;
+    let refused_before = net.node(holder).dht().stats().records_refused;
+    assert!(refused_before >= 1, "the forgery was counted");
+}
+
+#[test]
+fn stale_records_are_refused_and_names_cannot_be_hijacked() {
+    let mut net = TestNet::grow(
+        12,
+        150,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let (alice, mallory) = (5, 77);
+    let id = net
+        .with(alice, |n, now| n.publish(now, Publish::Name("shop".into())))
+        .expect("started");
+    assert_eq!(put_outcome(&mut net, alice, id).0, 20);
+    let id = net
+        .with(mallory, |n, now| {
+            n.publish(now, Publish::Name("shop".into()))
+        })
+        .expect("started");
+    let (stored, refused, refusal) = put_outcome(&mut net, mallory, id);
+    assert_eq!(stored, 0, "nobody stored the hijack");
+    assert_eq!(refused, 20);
+    assert_eq!(refusal, Some(crate::record::RecordError::NameTaken));
+    let r = get(&mut net, 100, Key::of_name("shop")).expect("found");
+    assert_eq!(r.owner(), net.ids[alice]);
+    // Alice republishes (new seq); replaying her first record is then refused as stale.
+    let first = r.clone();
+    let id = net
+        .with(alice, |n, now| n.publish(now, Publish::Name("shop".into())))
+        .expect("started");
+    assert_eq!(put_outcome(&mut net, alice, id).0, 20);
+    let newer = get(&mut net, 100, Key::of_name("shop")).expect("found");
+    assert!(newer.seq() > first.seq());
+    let id = net
+        .with(mallory, |n, now| n.put_record(now, first))
+        .expect("started");
+    let (stored, _, refusal) = put_outcome(&mut net, mallory, id);
+    assert_eq!(stored, 0);
+    assert_eq!(refusal, Some(crate::record::RecordError::Stale));
+    assert_eq!(get(&mut net, 100, Key::of_name("shop")), Some(newer));
+    // Invalid names are refused locally with a clear error.
+    assert!(
+        net.with(alice, |n, now| n
+            .publish(now, Publish::Name("Not A Name".into())))
+            .is_err()
+    );
+}
+
+#[test]
+fn records_are_republished_by_their_owner_and_expire_without_it() {
+    let short = |c: &mut DhtConfig| {
+        c.record_ttl = Duration::from_secs(120);
+        c.republish_interval = Duration::from_secs(40);
+    };
+    let mut net = TestNet::grow(
+        13,
+        120,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+        short,
+    );
+    let (a, b) = (10, 11);
+    for who in [a, b] {
+        let id = net
+            .with(who, |n, now| {
+                n.publish(now, Publish::Service(service_template()))
+            })
+            .expect("started");
+        assert!(put_outcome(&mut net, who, id).0 >= 15);
+    }
+    net.kill(b);
+    net.run_for(Duration::from_secs(300));
+    let (ka, kb) = (net.ids[a].key(), net.ids[b].key());
+    assert!(
+        get(&mut net, 60, ka).is_some(),
+        "the live owner's record lives on"
+    );
+    assert!(
+        get(&mut net, 60, kb).is_none(),
+        "the dead owner's record expired"
+    );
+}
+
+#[test]
+fn garbage_from_a_peer_is_counted_and_harmless() {
+    let mut net = TestNet::grow(
+        14,
+        30,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(2),
+        |_| {},
+    );
+    let from = net.ids[1];
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for len in 0..200 {
+        let mut bytes = vec![0u8; len];
+        rng.fill(&mut bytes[..]);
+        if len > 0 {
+            bytes[0] = crate::wire::WIRE_VERSION;
+        }
+        net.with(0, |n, now| n.handle_datagram(now, from, addr(1), &bytes));
+    }
+    assert!(net.node(0).stats().malformed_in >= 150);
+    let (ok, total, _, _) = lookups(&mut net, 30);
+    assert_eq!(ok, total);
+}
