@@ -1,1 +1,4 @@
 //! sim: placeholder, filled in by the simulator issue.
+
+pub mod driver;
+pub mod net;
