@@ -12,8 +12,7 @@
 //! loop {
 //!     select! { biased;
 //!         command           => proto.handle_command(now, cmd),   // channel closed → return
-//!         readable          => for each queued datagram (≤ 64):
-//!                                  proto.handle_datagram(now, from, bytes),
+//!         datagram          => proto.handle_datagram(now, from, bytes),
 //!         sleep_until(poll_timeout()) => proto.handle_timeout(now),
 //!     }
 //!     drain poll_transmit() → send_to;  drain poll_event() → events channel
@@ -26,9 +25,9 @@
 //! - **Time** is `tokio::time::Instant::now().into_std()` ([`now`]): under the simulator's
 //!   paused runtime it is simulated time, under a normal runtime it is wall-clock time.
 //! - **One timer**, reset only when `poll_timeout` changes, not re-created every iteration.
-//! - **One receive buffer per thread.** The loop waits for readability and then receives
-//!   synchronously into a thread-local 64 KiB buffer, so 10,000 simulated hosts do not need
-//!   10,000 buffers; queued datagrams are handled in a batch before the next `select!`.
+//! - **One receive buffer per thread.** The loop polls the socket with a thread-local 64 KiB
+//!   buffer and hands the datagram to the protocol inside that poll, so 10,000 simulated
+//!   hosts share one buffer instead of holding 10,000 (640 MiB).
 //! - **Errors never stop the loop.** A failed send or receive is counted in [`DriveStats`]
 //!   and traced at debug level (without addresses, which are identifying); a closed events
 //!   channel is counted too. The loop ends only when the command channel closes, and hands
@@ -44,17 +43,17 @@
 //! [`DriveStats::stale_timeouts`].
 
 use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// Size of the driver's receive buffer: the largest UDP datagram fits.
 pub const MAX_DATAGRAM: usize = 64 * 1024;
-
-/// Most datagrams handled per wake-up before commands and timers get a turn.
-pub const RECV_BATCH: usize = 64;
 
 /// The current time as a `std` instant, following tokio's clock (paused in the simulator).
 pub fn now() -> Instant {
@@ -72,15 +71,18 @@ pub trait DatagramSocket {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize>;
 
     /// Receives one datagram into `buf`; returns its length (truncated to `buf`) and sender.
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        poll_fn(|cx| self.poll_recv_from(cx, buf)).await
+    }
 
-    /// Waits until a datagram is queued (it may wake spuriously). Must be cancel-safe: the
-    /// driver drops it whenever another branch is ready first.
-    async fn readable(&self) -> io::Result<()>;
-
-    /// Receives a queued datagram without waiting, or fails with
-    /// [`WouldBlock`](io::ErrorKind::WouldBlock).
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
+    /// Receives one datagram into `buf` if one is queued; otherwise arranges for `cx` to be
+    /// woken when one arrives and returns `Pending`. The driver polls this with a buffer it
+    /// only lends for the call, which is what lets all drivers on a thread share one.
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>>;
 }
 
 impl DatagramSocket for tokio::net::UdpSocket {
@@ -88,16 +90,14 @@ impl DatagramSocket for tokio::net::UdpSocket {
         tokio::net::UdpSocket::send_to(self, buf, target).await
     }
 
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        tokio::net::UdpSocket::recv_from(self, buf).await
-    }
-
-    async fn readable(&self) -> io::Result<()> {
-        tokio::net::UdpSocket::readable(self).await
-    }
-
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        tokio::net::UdpSocket::try_recv_from(self, buf)
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let mut read = tokio::io::ReadBuf::new(buf);
+        tokio::net::UdpSocket::poll_recv_from(self, cx, &mut read)
+            .map_ok(|from| (read.filled().len(), from))
     }
 }
 
@@ -106,75 +106,41 @@ impl DatagramSocket for turmoil_net::shim::tokio::net::UdpSocket {
         turmoil_net::shim::tokio::net::UdpSocket::send_to(self, buf, target).await
     }
 
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        turmoil_net::shim::tokio::net::UdpSocket::recv_from(self, buf).await
-    }
-
-    async fn readable(&self) -> io::Result<()> {
-        // The shim has no `readable`; a zero-byte peek waits for a datagram and takes none.
-        turmoil_net::shim::tokio::net::UdpSocket::peek_from(self, &mut [])
-            .await
-            .map(drop)
-    }
-
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        turmoil_net::shim::tokio::net::UdpSocket::try_recv_from(self, buf)
-    }
-}
-
-impl<S: DatagramSocket + ?Sized> DatagramSocket for &S {
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
-        (**self).send_to(buf, target).await
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        (**self).recv_from(buf).await
-    }
-
-    async fn readable(&self) -> io::Result<()> {
-        (**self).readable().await
-    }
-
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        (**self).try_recv_from(buf)
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        // The shim has no `poll_recv_from`, but its `recv_from` is a stateless `poll_fn` over
+        // the socket (the waker is kept by the socket, not the future): polling a fresh one
+        // once is exactly one poll of the socket.
+        pin!(turmoil_net::shim::tokio::net::UdpSocket::recv_from(
+            self, buf
+        ))
+        .poll(cx)
     }
 }
 
-impl<S: DatagramSocket + ?Sized> DatagramSocket for std::rc::Rc<S> {
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
-        (**self).send_to(buf, target).await
-    }
+/// Forwards [`DatagramSocket`] through a smart pointer or reference.
+macro_rules! forward_datagram_socket {
+    ($($ptr:ty),*) => {$(
+        impl<S: DatagramSocket + ?Sized> DatagramSocket for $ptr {
+            async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+                (**self).send_to(buf, target).await
+            }
 
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        (**self).recv_from(buf).await
-    }
-
-    async fn readable(&self) -> io::Result<()> {
-        (**self).readable().await
-    }
-
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        (**self).try_recv_from(buf)
-    }
+            fn poll_recv_from(
+                &self,
+                cx: &mut Context<'_>,
+                buf: &mut [u8],
+            ) -> Poll<io::Result<(usize, SocketAddr)>> {
+                (**self).poll_recv_from(cx, buf)
+            }
+        }
+    )*};
 }
 
-impl<S: DatagramSocket + ?Sized> DatagramSocket for std::sync::Arc<S> {
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
-        (**self).send_to(buf, target).await
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        (**self).recv_from(buf).await
-    }
-
-    async fn readable(&self) -> io::Result<()> {
-        (**self).readable().await
-    }
-
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        (**self).try_recv_from(buf)
-    }
-}
+forward_datagram_socket!(&S, std::rc::Rc<S>, std::sync::Arc<S>);
 
 /// A sans-IO protocol state machine, in the project's vocabulary: inputs are `handle_*`,
 /// outputs are `poll_*`, time comes in as `now`.
@@ -288,13 +254,12 @@ where
                 }
                 None => break,
             },
-            ready = socket.readable() => match ready {
-                Ok(()) => receive_batch(&socket, &mut proto, &mut stats),
-                Err(e) => {
+            received = poll_fn(|cx| receive(&socket, &mut proto, &mut stats, cx)) => {
+                if let Err(e) = received {
                     stats.recv_errors += 1;
-                    tracing::debug!(error = %e, "waiting for a datagram failed");
+                    tracing::debug!(error = %e, "recv_from failed");
                 }
-            },
+            }
             () = &mut timer, if armed.is_some() => {
                 stats.timeouts += 1;
                 let t = now();
@@ -310,35 +275,26 @@ where
 }
 
 thread_local! {
-    /// The receive buffer, shared by every driver on the thread: a datagram is copied into it
-    /// and handed to the protocol without an `.await` in between, so one suffices. (One
-    /// 64 KiB buffer per driver was 640 MiB at 10,000 simulated hosts.)
+    /// The receive buffer, shared by every driver on the thread: it is lent to the socket for
+    /// one poll and the datagram handed to the protocol before the poll returns, so one
+    /// suffices. (One 64 KiB buffer per driver was 640 MiB at 10,000 simulated hosts.)
     static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_DATAGRAM]);
 }
 
-/// Hands the protocol the datagrams queued on `socket`, at most [`RECV_BATCH`].
-fn receive_batch<S: DatagramSocket, P: Protocol>(
+/// Polls `socket` for one datagram and hands it to the protocol.
+fn receive<S: DatagramSocket, P: Protocol>(
     socket: &S,
     proto: &mut P,
     stats: &mut DriveStats,
-) {
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
     RECV_BUF.with_borrow_mut(|buf| {
-        for _ in 0..RECV_BATCH {
-            match socket.try_recv_from(buf) {
-                Ok((len, from)) => {
-                    stats.datagrams_in += 1;
-                    stats.bytes_in += len as u64;
-                    proto.handle_datagram(now(), from, &buf[..len]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    stats.recv_errors += 1;
-                    tracing::debug!(error = %e, "recv_from failed");
-                    break;
-                }
-            }
-        }
-    });
+        socket.poll_recv_from(cx, buf).map_ok(|(len, from)| {
+            stats.datagrams_in += 1;
+            stats.bytes_in += len as u64;
+            proto.handle_datagram(now(), from, &buf[..len]);
+        })
+    })
 }
 
 /// Sends everything the protocol queued and forwards its events.
