@@ -25,9 +25,11 @@
 
 pub mod cities;
 pub mod driver;
+pub mod gate;
 pub mod latency;
 pub mod metrics;
 pub mod net;
 pub mod peer;
 pub mod report;
+pub mod run;
 pub mod scenario;

@@ -1,1 +1,197 @@
-fn main() {}
+//! `sim`: run scenarios and write the scaling table; check the CI gate; query the latency model.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sim::report::{self, Row};
+use sim::scenario::Scenario;
+use sim::{gate, latency, run};
+
+#[derive(Parser)]
+#[command(
+    name = "sim",
+    version,
+    about = "beam's deterministic network simulator: runs scenarios and writes the scaling table",
+    long_about = "Runs each scenario file (TOML; see scenarios/example.toml for every key) with \
+                  the real protocol core on simulated hosts, and writes one CSV row per scenario. \
+                  The same seed gives byte-identical rows. Wall time and peak memory go to stderr.",
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  cargo run --release -p sim -- scenarios/100-peers.toml\n  \
+                  cargo run --release -p sim -- scenarios/*-peers.toml --out reports/scaling.csv --plot reports/scaling.svg\n  \
+                  cargo run --release -p sim -- gate scenarios/ci reports/baseline.csv\n  \
+                  cargo run --release -p sim -- latency 38.9,-77.0 53.3,-6.3"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    /// Scenario files to run, in order.
+    scenarios: Vec<PathBuf>,
+    /// Write the CSV table here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Also draw latency and routing success against network size as an SVG chart.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print the latency model's median RTT between two points ("LAT,LON" or a city name).
+    Latency {
+        /// First point, e.g. 38.9,-77.0 or Dublin.
+        a: String,
+        /// Second point.
+        b: String,
+    },
+    /// Run every scenario in DIR and compare with the baseline; exit 1 on a regression.
+    Gate {
+        /// Folder of scenario files (e.g. scenarios/ci).
+        dir: PathBuf,
+        /// The committed baseline table (e.g. reports/baseline.csv).
+        baseline: PathBuf,
+        /// Rewrite the baseline from this run (a deliberate act: say why in the commit).
+        #[arg(long)]
+        update_baseline: bool,
+    },
+}
+
+fn progress_bar(name: &str, total: u64) -> ProgressBar {
+    let target = if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let pb = ProgressBar::with_draw_target(Some(total), target);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>14} [{bar:40}] {pos}/{len} simulated s ({elapsed})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_prefix(name.to_owned());
+    pb
+}
+
+/// Runs one scenario with a progress bar; reports wall time and memory on stderr.
+fn run_one(sc: &Scenario) -> Result<Row> {
+    let started = Instant::now();
+    let pb = progress_bar(&sc.name, sc.warmup_s + sc.duration_s + 5);
+    let out = run::run(sc, |done, _| pb.set_position(done))
+        .with_context(|| format!("scenario {} cannot run", sc.name))?;
+    pb.finish_and_clear();
+    let r = &out.row;
+    eprintln!(
+        "{}: {} peers, {} services, {} requests, routing {:.3} %, lookup {:.3} %; \
+         msgs/peer/s light {:.2} routing {:.2} full {:.2}; wall {:.1} s, peak RSS {} MiB",
+        sc.name,
+        sc.peers,
+        out.services,
+        r.requests,
+        r.routing_success * 100.0,
+        r.lookup_success * 100.0,
+        out.msgs_per_level[0],
+        out.msgs_per_level[1],
+        out.msgs_per_level[2],
+        started.elapsed().as_secs_f64(),
+        run::peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}")),
+    );
+    Ok(out.row)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Some(Cmd::Latency { a, b }) => {
+            println!("{}", latency::latency_command(&a, &b)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Gate {
+            dir,
+            baseline,
+            update_baseline,
+        }) => {
+            let files = gate::scenario_files(&dir)
+                .with_context(|| format!("cannot read the scenario folder {}", dir.display()))?;
+            if files.is_empty() {
+                bail!("{} holds no .toml scenario files", dir.display());
+            }
+            let scenarios: Vec<_> = files
+                .into_iter()
+                .map(|p| {
+                    let s = Scenario::load(&p).map_err(|e| e.to_string());
+                    (p, s)
+                })
+                .collect();
+            let base = if update_baseline {
+                vec![]
+            } else {
+                report::read_rows(&baseline).with_context(|| {
+                    format!(
+                        "cannot read the baseline {} (create it with --update-baseline)",
+                        baseline.display()
+                    )
+                })?
+            };
+            let mut rows = vec![];
+            let checks = gate::run_gate(&scenarios, &base, |sc| {
+                let row = run_one(sc).map_err(|e| format!("{e:#}"))?;
+                rows.push(row.clone());
+                Ok(row)
+            });
+            if update_baseline {
+                report::write_rows_file(&baseline, &rows)?;
+                eprintln!("wrote {} rows to {}", rows.len(), baseline.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", gate::table(&checks));
+            let failed = checks.iter().filter(|c| !c.failures.is_empty()).count();
+            if failed > 0 {
+                println!("gate: FAILED ({failed} of {} scenarios)", checks.len());
+                Ok(ExitCode::FAILURE)
+            } else {
+                println!("gate: passed ({} scenarios)", checks.len());
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+        None => {
+            if cli.scenarios.is_empty() {
+                bail!("no scenario given: try `sim scenarios/100-peers.toml` (see --help)");
+            }
+            let scenarios = cli
+                .scenarios
+                .iter()
+                .map(Scenario::load)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows = vec![];
+            for sc in &scenarios {
+                rows.push(run_one(sc)?);
+            }
+            match &cli.out {
+                Some(path) => {
+                    report::write_rows_file(path, &rows)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{}", report::to_csv_string(&rows)),
+            }
+            if let Some(plot) = &cli.plot {
+                report::plot_svg(&rows, plot)?;
+                eprintln!("wrote {}", plot.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -52,6 +52,9 @@ pub struct DhtConfig {
     pub stale_after: Duration,
     /// How often every bucket is refreshed with a lookup of a random key in its range.
     pub refresh_interval: Duration,
+    /// The first refresh after the bootstrap comes this soon: the view of a node that just
+    /// joined (often with the network) is the one most out of date.
+    pub first_refresh_after: Duration,
     /// Lifetime of the records this node publishes.
     pub record_ttl: Duration,
     /// How often owned records are re-signed (new sequence number and expiry) and stored again.
@@ -83,6 +86,7 @@ impl Default for DhtConfig {
             max_failures: 2,
             stale_after: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(600),
+            first_refresh_after: Duration::from_secs(60),
             record_ttl: Duration::from_secs(3600),
             republish_interval: Duration::from_secs(1200),
             max_record_ttl: Duration::from_secs(24 * 3600),
@@ -293,6 +297,8 @@ pub struct Dht {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_refresh: Option<Instant>,
+    /// The refresh round in progress: when it started, and its lookups still running.
+    refresh_round: Option<(Instant, usize)>,
     next_sweep: Instant,
     /// (when, number of peers, distance of the farthest as a fraction of the key space).
     size_samples: VecDeque<(Instant, usize, f64)>,
@@ -329,6 +335,7 @@ impl Dht {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_refresh: None,
+            refresh_round: None,
             next_sweep: now + Duration::from_secs(60),
             size_samples: VecDeque::new(),
             stats: DhtStats::default(),
@@ -950,9 +957,20 @@ impl Dht {
                             peers: self.table.len(),
                         });
                         self.refresh_buckets(now);
-                        self.next_refresh = Some(now + self.config.refresh_interval);
+                        self.next_refresh = Some(now + self.config.first_refresh_after);
                     }
-                    Some(Internal::Refresh) => {}
+                    Some(Internal::Refresh) => {
+                        if let Some((started, pending)) = &mut self.refresh_round {
+                            *pending = pending.saturating_sub(1);
+                            if *pending == 0 {
+                                // A whole round of fresh samples: older ones describe a network
+                                // that may have changed since.
+                                let started = *started;
+                                self.size_samples.retain(|s| s.0 >= started);
+                                self.refresh_round = None;
+                            }
+                        }
+                    }
                 }
             }
             QueryKind::GetRecord => {
@@ -989,13 +1007,20 @@ impl Dht {
             return;
         };
         let local_key = self.local.key();
+        let mut started = 0;
         for b in (nearest..256).rev() {
             if self.queries.len() >= self.config.max_queries / 2 {
                 break;
             }
             let target = local_key.random_in_bucket(b, &mut self.rng);
-            let _ = self.start_query(now, target, QueryKind::Lookup(Some(Internal::Refresh)));
+            if self
+                .start_query(now, target, QueryKind::Lookup(Some(Internal::Refresh)))
+                .is_ok()
+            {
+                started += 1;
+            }
         }
+        self.refresh_round = (started > 0).then_some((now, started));
     }
 
     fn note_size_sample(&mut self, now: Instant, target: &Key, closest: &[Contact]) {

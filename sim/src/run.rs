@@ -1,0 +1,569 @@
+//! One scenario run: from a [`Scenario`] to a report [`Row`].
+//!
+//! # Timeline
+//!
+//! - **Join** (first half of the warmup): peers join one after another, evenly spaced, each
+//!   bootstrapping from up to three honest DHT servers that joined before it (the first server
+//!   joins at time 0 and is everyone's fallback contact).
+//! - **Publish** (at three quarters of the warmup): every service peer publishes its record.
+//! - **Measure** (`duration_s` after the warmup): requests arrive as a Poisson process of
+//!   `requests_per_s`; each picks a random service and a random live client. The client looks
+//!   the service record up in the DHT and sends its request to the record's endpoint (direct;
+//!   the routing strategies replace this step when they land). A request succeeds when its
+//!   answer arrives within 5 s of being issued; requests to a service that is not alive are not
+//!   sent and not counted. Requests issued near the end are followed to their deadline.
+//! - **Churn**: each peer's session is exponential with mean `mean_session_s`; a leaver is
+//!   replaced at once by a new peer (new identity, same place and participation) on the same
+//!   host. **Kill**: at `kill_at_s`, `kill_fraction` of the live peers die, not replaced.
+//!
+//! # Randomness
+//!
+//! Independent ChaCha streams, all from the scenario's seed: placement, roles, keys, the
+//! network's jitter and loss, the workload, churn. Adding draws to one stream does not shift
+//! the others.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use beam_node::record::{Participation, ServiceRecord};
+use beam_node::wire::Contact;
+use beam_node::{Addr, Keypair, Node, NodeConfig, PeerId};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use turmoil_net::{Packet, Verdict};
+
+use crate::driver::{self, drive};
+use crate::latency::{LatencyModel, Placement};
+use crate::metrics::{self, Metrics, REQUEST_DEADLINE};
+use crate::net::{HostId, SimHandle, SimNet, host_index, host_ip};
+use crate::peer::{Adversaries, Command, SimPeer, socket_addr};
+use crate::report::Row;
+use crate::scenario::{Scenario, Strategy};
+
+/// Wall-clock time the simulated network pretends it started at (records carry unix times).
+pub const UNIX_START: u64 = 1_800_000_000;
+
+/// Why a scenario could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The scenario asks for something the simulator does not model yet.
+    #[error("{key}: {problem}")]
+    Unsupported {
+        /// The scenario key.
+        key: &'static str,
+        /// What is missing.
+        problem: String,
+    },
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The report row (deterministic).
+    pub row: Row,
+    /// Messages per peer per second, by participation level (light, routing, full).
+    pub msgs_per_level: [f64; 3],
+    /// Services actually published (capped at the honest non-light peers).
+    pub services: usize,
+}
+
+/// Streams of the scenario's randomness.
+#[derive(Clone, Copy)]
+enum Stream {
+    Placement = 1,
+    Roles,
+    Keys,
+    Network,
+    Workload,
+    Churn,
+}
+
+fn rng(seed: u64, stream: Stream) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(stream as u64);
+    r
+}
+
+fn level_index(p: Participation) -> usize {
+    match p {
+        Participation::Light => 0,
+        Participation::Routing => 1,
+        Participation::Full => 2,
+    }
+}
+
+/// The live state every workload action needs, shared with the workload task.
+struct World {
+    handle: SimHandle,
+    hosts: Vec<HostId>,
+    ips: Vec<std::net::IpAddr>,
+    roles: Vec<Participation>,
+    adversary: Vec<bool>,
+    adversaries: Rc<Adversaries>,
+    /// The peer currently on each host (None: dead).
+    current: Vec<Option<PeerId>>,
+    senders: Vec<Option<UnboundedSender<Command>>>,
+    events: UnboundedSender<()>,
+    metrics: Rc<RefCell<Metrics>>,
+    start: Instant,
+}
+
+impl World {
+    fn contact(&self, host: usize) -> Option<Contact> {
+        Some(Contact {
+            peer: self.current[host]?,
+            addr: Addr::new(socket_addr(self.ips[host]).to_string()),
+        })
+    }
+
+    fn honest_servers_alive(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| self.current[i].is_some() && self.roles[i].is_server() && !self.adversary[i])
+            .collect()
+    }
+
+    /// Starts a peer with identity `kp` on `host` after `delay`, bootstrapping via `contacts`.
+    fn start_peer(&mut self, host: usize, kp: Keypair, node_seed: u64, delay: Duration, contacts: Vec<Contact>) {
+        let (tx, rx) = unbounded_channel();
+        self.senders[host] = Some(tx);
+        self.current[host] = Some(kp.peer_id());
+        let config = NodeConfig::new(self.roles[host]);
+        let adversary = self.adversary[host].then(|| Rc::clone(&self.adversaries));
+        let metrics = Rc::clone(&self.metrics);
+        let events = self.events.clone();
+        let addr = socket_addr(self.ips[host]);
+        let start = self.start;
+        self.handle.spawn(self.hosts[host], async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let socket = match turmoil_net::shim::tokio::net::UdpSocket::bind(addr).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(host, error = %e, "cannot bind the simulated socket");
+                    return;
+                }
+            };
+            let now = driver::now();
+            let unix = UNIX_START + now.saturating_duration_since(start).as_secs();
+            let mut node = Node::new(config, kp, node_seed, now, unix);
+            node.bootstrap(now, contacts);
+            let peer = SimPeer::new(host, node, adversary, metrics);
+            drive(socket, peer, rx, events).await;
+        });
+    }
+
+    fn kill(&mut self, host: usize) {
+        self.handle.kill(self.hosts[host]);
+        self.current[host] = None;
+        self.senders[host] = None;
+    }
+
+    fn send(&self, host: usize, cmd: Command) -> bool {
+        self.senders[host]
+            .as_ref()
+            .is_some_and(|s| s.send(cmd).is_ok())
+    }
+}
+
+/// An action of the workload, at a simulated time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Action {
+    Publish,
+    StartMeasuring,
+    Request,
+    Kill,
+    /// The session of the peer on this host (of this generation) ends.
+    Leave { host: usize, generation: u32 },
+    StopMeasuring,
+}
+
+/// Runs `scenario`; `progress` is called with the simulated seconds done and total.
+pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<RunOutput, RunError> {
+    if scenario.workload.strategy != Strategy::Direct {
+        return Err(RunError::Unsupported {
+            key: "workload.strategy",
+            problem: format!(
+                "`{}` routing is not built yet; only `direct` runs (the routing issue adds multi-hop and geographic)",
+                scenario.workload.strategy
+            ),
+        });
+    }
+    if scenario.nat.fraction > 0.0 {
+        return Err(RunError::Unsupported {
+            key: "nat.fraction",
+            problem: "NAT is not modelled yet (it comes with relaying in the routing issue); use 0".into(),
+        });
+    }
+    let n = scenario.peers;
+    let seed = scenario.seed;
+    let model = LatencyModel::default();
+    let placements: Rc<Vec<Placement>> = Rc::new(model.place_peers(scenario, &mut rng(seed, Stream::Placement)));
+
+    // Roles: participation by exact counts, shuffled; adversaries among the servers.
+    let counts = scenario.participation_counts();
+    let mut roles: Vec<Participation> = std::iter::repeat_n(Participation::Light, counts.light)
+        .chain(std::iter::repeat_n(Participation::Routing, counts.routing))
+        .chain(std::iter::repeat_n(Participation::Full, counts.full))
+        .collect();
+    let mut role_rng = rng(seed, Stream::Roles);
+    roles.shuffle(&mut role_rng);
+    let mut servers: Vec<usize> = (0..n).filter(|&i| roles[i].is_server()).collect();
+    servers.shuffle(&mut role_rng);
+    let n_adv = ((scenario.adversary.fraction * n as f64).round() as usize).min(servers.len().saturating_sub(1));
+    let mut adversary = vec![false; n];
+    for &i in &servers[..n_adv] {
+        adversary[i] = true;
+    }
+    let honest_servers: Vec<usize> = servers[n_adv..].to_vec();
+    let mut service_hosts = honest_servers.clone();
+    service_hosts.shuffle(&mut role_rng);
+    service_hosts.truncate(scenario.workload.services);
+    service_hosts.sort_unstable();
+
+    // Identities.
+    let mut key_rng = rng(seed, Stream::Keys);
+    let keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate(&mut key_rng)).collect();
+    let node_seeds: Vec<u64> = (0..n).map(|_| key_rng.random()).collect();
+
+    let mut adv_sorted: Vec<_> = (0..n)
+        .filter(|&i| adversary[i])
+        .map(|i| {
+            let id = keys[i].peer_id();
+            (id.key(), Contact { peer: id, addr: Addr::new(socket_addr(host_ip(i).into()).to_string()) })
+        })
+        .collect();
+    adv_sorted.sort_by_key(|(k, _)| *k);
+
+    // The network.
+    let mut net = SimNet::new();
+    let hosts: Vec<HostId> = (0..n).map(|i| net.add_host(host_ip(i))).collect();
+    let loss = scenario.faults.loss;
+    {
+        let placements = Rc::clone(&placements);
+        let model = model.clone();
+        let mut rng = rng(seed, Stream::Network);
+        net.set_rule(move |p: &Packet| {
+            let (Some(a), Some(b)) = (host_index(p.src), host_index(p.dst)) else {
+                return Verdict::Drop;
+            };
+            let (Some(pa), Some(pb)) = (placements.get(a), placements.get(b)) else {
+                return Verdict::Drop;
+            };
+            if loss > 0.0 && rng.random_bool(loss) {
+                return Verdict::Drop;
+            }
+            Verdict::Deliver(model.one_way(pa, pb, &mut rng))
+        });
+    }
+    let metrics = Rc::new(RefCell::new(Metrics::new(n)));
+    let (events_tx, events_rx) = unbounded_channel::<()>();
+    let start = net.block_on(async { driver::now() });
+    let world = Rc::new(RefCell::new(World {
+        handle: net.handle(),
+        ips: hosts.iter().map(|h| net.ip(*h)).collect(),
+        hosts,
+        roles: roles.clone(),
+        adversary: adversary.clone(),
+        adversaries: Rc::new(Adversaries { sorted: adv_sorted }),
+        current: vec![None; n],
+        senders: vec![None; n],
+        events: events_tx,
+        metrics: Rc::clone(&metrics),
+        start,
+    }));
+
+    // Joins: the first honest server at 0, then everyone else in host order.
+    let warmup = Duration::from_secs(scenario.warmup_s);
+    let join_window = warmup / 2;
+    let first = honest_servers.iter().copied().min().unwrap_or(0);
+    let order: Vec<usize> = std::iter::once(first).chain((0..n).filter(|&i| i != first)).collect();
+    let mut join_rng = rng(seed, Stream::Roles);
+    let spacing = join_window / n.max(1) as u32;
+    {
+        // Spawning host tasks must happen inside the simulation: do the joins from a task.
+        let world = Rc::clone(&world);
+        let (order, roles, adversary, keys, node_seeds) =
+            (order.clone(), roles.clone(), adversary.clone(), keys.clone(), node_seeds.clone());
+        net.spawn_local(async move {
+            let mut w = world.borrow_mut();
+            let mut joined_servers: Vec<usize> = vec![];
+            for (rank, &host) in order.iter().enumerate() {
+                let mut pool = joined_servers.clone();
+                pool.shuffle(&mut join_rng);
+                let contacts: Vec<Contact> = pool
+                    .iter()
+                    .take(3)
+                    .map(|&s| Contact {
+                        peer: keys[s].peer_id(),
+                        addr: Addr::new(socket_addr(w.ips[s]).to_string()),
+                    })
+                    .collect();
+                if roles[host].is_server() && !adversary[host] {
+                    joined_servers.push(host);
+                }
+                w.start_peer(host, keys[host].clone(), node_seeds[host], spacing * rank as u32, contacts);
+            }
+        });
+    }
+
+    // The schedule of workload actions.
+    let measure_start = warmup;
+    let measure_end = warmup + Duration::from_secs(scenario.duration_s);
+    let mut schedule: BTreeMap<(Duration, u64), Action> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut at = |schedule: &mut BTreeMap<_, _>, t: Duration, a: Action| {
+        seq += 1;
+        schedule.insert((t, seq), a);
+    };
+    at(&mut schedule, warmup * 3 / 4, Action::Publish);
+    at(&mut schedule, measure_start, Action::StartMeasuring);
+    at(&mut schedule, measure_end, Action::StopMeasuring);
+    let mut wl_rng = rng(seed, Stream::Workload);
+    if scenario.workload.requests_per_s > 0.0 {
+        let mut t = measure_start.as_secs_f64();
+        loop {
+            let u: f64 = wl_rng.random_range(f64::EPSILON..1.0);
+            t += -u.ln() / scenario.workload.requests_per_s;
+            if t >= measure_end.as_secs_f64() {
+                break;
+            }
+            at(&mut schedule, Duration::from_secs_f64(t), Action::Request);
+        }
+    }
+    if scenario.faults.kill_fraction > 0.0 {
+        at(&mut schedule, Duration::from_secs(scenario.faults.kill_at_s), Action::Kill);
+    }
+    let mut churn_rng = rng(seed, Stream::Churn);
+    let mean_session = scenario.churn.mean_session_s;
+    let session = move |rng: &mut ChaCha8Rng| {
+        let u: f64 = rng.random_range(f64::EPSILON..1.0);
+        Duration::from_secs_f64(-u.ln() * mean_session)
+    };
+    let mut generation = vec![0u32; n];
+    if mean_session > 0.0 {
+        for (rank, &host) in order.iter().enumerate() {
+            let joined = spacing * rank as u32;
+            at(&mut schedule, joined + session(&mut churn_rng), Action::Leave { host, generation: 0 });
+        }
+    }
+    let end = measure_end + REQUEST_DEADLINE;
+    let mut next_seq = seq;
+
+    // The workload task.
+    let services: Vec<(usize, PeerId)> = service_hosts.iter().map(|&h| (h, keys[h].peer_id())).collect();
+    let service_count = services.len();
+    {
+        let world = Rc::clone(&world);
+        let metrics = Rc::clone(&metrics);
+        let scenario = scenario.clone();
+        net.spawn_local(async move {
+            let base = tokio::time::Instant::now();
+            let mut next_request = 0u64;
+            let mut key_rng = rng(seed, Stream::Keys);
+            // Skip the draws the initial identities used, so replacements get fresh keys.
+            for _ in 0..2 * n {
+                let _: [u8; 32] = key_rng.random();
+            }
+            while let Some(((t, _), action)) = schedule.pop_first() {
+                tokio::time::sleep_until(base + t).await;
+                let now = driver::now();
+                let mut w = world.borrow_mut();
+                match action {
+                    Action::Publish => {
+                        for &(h, _) in &services {
+                            let record = ServiceRecord {
+                                peer: keys[h].peer_id(),
+                                seq: 0,
+                                expires: 0,
+                                tor_address: None,
+                                endpoints: vec![Addr::new(socket_addr(w.ips[h]).to_string())],
+                                relays: vec![],
+                                coordinates: None,
+                                participation: roles[h],
+                                noise_key: None,
+                            };
+                            w.send(h, Command::Publish(Box::new(record)));
+                        }
+                    }
+                    Action::StartMeasuring => metrics.borrow_mut().measuring = true,
+                    Action::StopMeasuring => {
+                        metrics.borrow_mut().measuring = false;
+                        for h in 0..n {
+                            w.send(h, Command::Snapshot);
+                        }
+                    }
+                    Action::Request => {
+                        if services.is_empty() {
+                            continue;
+                        }
+                        let (service_host, service_id) = services[wl_rng.random_range(0..services.len())];
+                        if w.current[service_host] != Some(service_id) {
+                            continue;
+                        }
+                        let live: Vec<usize> = (0..n).filter(|&i| i != service_host && w.current[i].is_some()).collect();
+                        let Some(&client) = live.get(wl_rng.random_range(0..live.len().max(1))) else {
+                            continue;
+                        };
+                        next_request += 1;
+                        metrics.borrow_mut().requests.insert(
+                            next_request,
+                            metrics::RequestRecord { start: now, client, service: service_host, lookup: None, answer: None },
+                        );
+                        w.send(client, Command::Request { id: next_request, service: service_id });
+                    }
+                    Action::Kill => {
+                        let mut live: Vec<usize> = (0..n).filter(|&i| w.current[i].is_some()).collect();
+                        live.shuffle(&mut wl_rng);
+                        let k = (scenario.faults.kill_fraction * live.len() as f64).round() as usize;
+                        for &h in &live[..k.min(live.len())] {
+                            w.kill(h);
+                        }
+                    }
+                    Action::Leave { host, generation: g } => {
+                        if generation[host] != g || w.current[host].is_none() {
+                            continue;
+                        }
+                        w.kill(host);
+                        generation[host] += 1;
+                        let kp = Keypair::generate(&mut key_rng);
+                        let node_seed = key_rng.random();
+                        let mut pool = w.honest_servers_alive();
+                        pool.shuffle(&mut churn_rng);
+                        let contacts: Vec<Contact> = pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
+                        w.start_peer(host, kp, node_seed, Duration::ZERO, contacts);
+                        let t_next = base.elapsed() + session(&mut churn_rng);
+                        next_seq += 1;
+                        schedule.insert((t_next, next_seq), Action::Leave { host, generation: generation[host] });
+                    }
+                }
+            }
+        });
+    }
+
+    // Run, a simulated second at a time.
+    let total_s = end.as_secs();
+    for s in 1..=total_s {
+        net.run_until(Duration::from_secs(s));
+        progress(s, total_s);
+    }
+    net.run_until(end + Duration::from_millis(10));
+    drop(events_rx);
+
+    let w = world.borrow();
+    let m = metrics.borrow();
+    Ok(summarize_run(scenario, &model, &placements, &w, &m, service_count))
+}
+
+fn summarize_run(
+    scenario: &Scenario,
+    model: &LatencyModel,
+    placements: &[Placement],
+    w: &World,
+    m: &Metrics,
+    services: usize,
+) -> RunOutput {
+    let mut requests = 0u64;
+    let mut ok = 0u64;
+    let mut rtts = vec![];
+    let mut direct = vec![];
+    let mut stretch = vec![];
+    let mut lookups = 0u64;
+    let mut lookups_ok = 0u64;
+    let mut hops = 0u64;
+    let mut lookup_ms = vec![];
+    let mut regions = std::collections::BTreeSet::new();
+    for r in m.requests.values() {
+        requests += 1;
+        lookups += 1;
+        if let Some((true, stats)) = &r.lookup {
+            lookups_ok += 1;
+            hops += u64::from(stats.hops);
+            lookup_ms.push(stats.duration.as_secs_f64() * 1000.0);
+        }
+        if let Some((at, rtt)) = r.answer
+            && at.saturating_duration_since(r.start) <= REQUEST_DEADLINE
+        {
+            ok += 1;
+            let rtt_ms = rtt.as_secs_f64() * 1000.0;
+            let d = model.mean_rtt_ms(&placements[r.client], &placements[r.service]);
+            rtts.push(rtt_ms);
+            direct.push(d);
+            stretch.push(rtt_ms / d);
+            regions.insert(placements[r.client].region);
+        }
+    }
+    let lat = metrics::summarize(rtts.iter().copied());
+    let look = metrics::summarize(lookup_ms.iter().copied());
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+
+    // Size estimate: against the live DHT servers (light peers are not in routing tables, so
+    // the DHT cannot count them; the estimate is of the servers).
+    let live_servers = (0..w.current.len())
+        .filter(|&i| w.current[i].is_some() && w.roles[i].is_server())
+        .count() as f64;
+    let mut err = 0.0;
+    let mut counted = 0usize;
+    for i in 0..w.current.len() {
+        if w.current[i].is_none() {
+            continue;
+        }
+        counted += 1;
+        err += match m.size_estimates[i] {
+            Some(e) if live_servers > 0.0 => (e - live_servers).abs() / live_servers,
+            _ => 1.0,
+        };
+    }
+    let secs = scenario.duration_s as f64;
+    let n = scenario.peers as f64;
+    let total_msgs: u64 = m.msgs.iter().sum();
+    let total_bytes: u64 = m.bytes.iter().sum();
+    let mut per_level = [0.0; 3];
+    let mut level_count = [0usize; 3];
+    for i in 0..w.roles.len() {
+        per_level[level_index(w.roles[i])] += m.msgs[i] as f64;
+        level_count[level_index(w.roles[i])] += 1;
+    }
+    for l in 0..3 {
+        per_level[l] = if level_count[l] == 0 { 0.0 } else { per_level[l] / level_count[l] as f64 / secs };
+    }
+    let row = Row {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        peers: scenario.peers as u64,
+        strategy: scenario.workload.strategy,
+        sim_s: secs,
+        requests,
+        routing_success: ratio(ok, requests),
+        latency_mean_ms: lat.mean,
+        latency_p50_ms: lat.p50,
+        latency_p99_ms: lat.p99,
+        direct_rtt_mean_ms: if direct.is_empty() { 0.0 } else { direct.iter().sum::<f64>() / direct.len() as f64 },
+        stretch_p50: metrics::median(&mut stretch),
+        lookup_success: ratio(lookups_ok, lookups),
+        lookup_hops_mean: if lookups_ok == 0 { 0.0 } else { hops as f64 / lookups_ok as f64 },
+        lookup_p50_ms: look.p50,
+        lookup_p99_ms: look.p99,
+        regions_covered: regions.len() as u32,
+        size_estimate_error: if counted == 0 { 1.0 } else { err / counted as f64 },
+        msgs_per_peer_s: total_msgs as f64 / n / secs,
+        bytes_per_peer_s: total_bytes as f64 / n / secs,
+    };
+    RunOutput {
+        row,
+        msgs_per_level: per_level,
+        services,
+    }
+}
+
+/// Peak resident memory of this process so far, in MiB (Linux; `None` elsewhere).
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,68 @@
+//! Whole-scenario tests: determinism, the committed scenario files, clear refusals.
+
+use sim::report::{self, Row};
+use sim::run;
+use sim::scenario::Scenario;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn row(sc: &Scenario) -> Row {
+    run::run(sc, |_, _| {}).expect("the scenario runs").row
+}
+
+#[test]
+fn the_same_seed_gives_a_byte_identical_row() {
+    let sc = Scenario::load(repo("scenarios/100-peers.toml")).expect("loads");
+    let a = report::to_csv_string(&[row(&sc)]);
+    let b = report::to_csv_string(&[row(&sc)]);
+    assert_eq!(a, b);
+    let mut other = sc.clone();
+    other.seed += 1;
+    assert_ne!(a, report::to_csv_string(&[row(&other)]), "the seed matters");
+}
+
+#[test]
+fn a_small_network_reaches_its_services() {
+    let mut sc = Scenario::load(repo("scenarios/100-peers.toml")).expect("loads");
+    sc.duration_s = 30;
+    let r = row(&sc);
+    assert!(r.requests > 1000, "{} requests", r.requests);
+    assert!(r.routing_success >= 0.999, "routing {}", r.routing_success);
+    assert!(r.lookup_success >= 0.999, "lookup {}", r.lookup_success);
+    // Direct requests travel the modelled path: stretch ≈ 1 (jitter only).
+    assert!((0.9..1.1).contains(&r.stretch_p50), "stretch {}", r.stretch_p50);
+    assert_eq!(r.regions_covered, 6);
+}
+
+#[test]
+fn message_loss_costs_requests() {
+    let mut sc = Scenario::load(repo("scenarios/100-peers.toml")).expect("loads");
+    sc.duration_s = 30;
+    sc.faults.loss = 0.05;
+    let r = row(&sc);
+    // A request and its answer are two unrepeated datagrams: ~10 % of requests are lost.
+    assert!(r.routing_success < 0.95, "routing {}", r.routing_success);
+    assert!(r.routing_success > 0.8, "routing {}", r.routing_success);
+}
+
+#[test]
+fn strategies_not_built_yet_are_refused_by_name() {
+    let mut sc = Scenario::load(repo("scenarios/100-peers.toml")).expect("loads");
+    sc.workload.strategy = sim::scenario::Strategy::Geographic;
+    let err = run::run(&sc, |_, _| {}).expect_err("refused").to_string();
+    assert!(err.contains("workload.strategy"), "{err}");
+}
+
+#[test]
+fn every_committed_scenario_parses() {
+    for dir in ["scenarios", "scenarios/ci"] {
+        for entry in std::fs::read_dir(repo(dir)).expect("folder") {
+            let p = entry.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Scenario::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            }
+        }
+    }
+}
