@@ -74,6 +74,8 @@ pub struct NodeStats {
     pub messages_out: u64,
     /// Datagrams dropped because they did not decode.
     pub malformed_in: u64,
+    /// Messages of a kind this node does not handle.
+    pub unhandled_in: u64,
 }
 
 /// The protocol core of one peer.
@@ -191,6 +193,7 @@ impl Node {
         self.stats.messages_in += 1;
         match msg {
             Message::Dht(m) => self.dht.handle_message(now, from, addr, m),
+            Message::Route(_) => self.stats.unhandled_in += 1,
         }
     }
 

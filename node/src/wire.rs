@@ -29,6 +29,15 @@ pub struct Contact {
     pub addr: Addr,
 }
 
+/// A peer's network coordinates and how much it trusts them.
+#[derive(Clone, Copy, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Position {
+    /// Vivaldi coordinates, in milliseconds.
+    pub coords: crate::record::Coordinates,
+    /// The peer's own relative error estimate (0 = certain, 1 = no idea).
+    pub error: f32,
+}
+
 /// Whether the sender of a request is a DHT server (and so belongs in routing tables).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Mode {
@@ -40,10 +49,45 @@ pub enum Mode {
 
 /// Every message beam peers exchange. New kinds of message are added as new variants at the
 /// end, which keeps old encodings valid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub enum Message {
     /// Kademlia DHT.
     Dht(DhtMessage),
+    /// Frames travelling along a route (direct or through relays).
+    Route(RouteMessage),
+}
+
+/// Most relays on a route.
+pub const MAX_RELAYS_PER_ROUTE: usize = 3;
+/// Largest route payload (an end-to-end encrypted frame).
+pub const MAX_ROUTE_DATA: usize = 4 * 1024;
+
+/// A frame on a source route. Relays forward it without reading `data` (which is end-to-end
+/// encrypted on relayed routes); they learn only the previous and next hop.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub enum RouteMessage {
+    /// From the client towards the service.
+    Forward {
+        /// The route's id, chosen by the client.
+        route: u64,
+        /// The hops still ahead after the receiver; empty at the service.
+        ahead: Vec<Contact>,
+        /// The hops behind the sender, nearest the client first (the client itself first);
+        /// each relay appends the peer it received the frame from.
+        behind: Vec<Contact>,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// From the service back to the client.
+    Backward {
+        /// The route's id.
+        route: u64,
+        /// The hops still ahead after the receiver; empty at the client.
+        ahead: Vec<Contact>,
+        /// The payload.
+        data: Vec<u8>,
+    },
 }
 
 /// A DHT request or its answer. The request id pairs them; it is chosen by the requester.
@@ -64,6 +108,9 @@ pub enum DhtMessage {
         id: u64,
         /// The answer.
         body: Response,
+        /// The responder's network coordinates: with the request's measured RTT, they move
+        /// the requester's own coordinates (Vivaldi).
+        position: Option<Position>,
     },
 }
 
@@ -201,6 +248,30 @@ fn check_bounds(msg: &Message) -> Result<(), DecodeError> {
             Request::Store { record } => check_record(record),
             Request::Ping | Request::FindNode { .. } | Request::FindValue { .. } => Ok(()),
         },
+        Message::Route(RouteMessage::Forward {
+            ahead,
+            behind,
+            data,
+            ..
+        }) => {
+            if ahead.len() > MAX_RELAYS_PER_ROUTE || behind.len() > MAX_RELAYS_PER_ROUTE + 1 {
+                return Err(DecodeError::OutOfBounds("route length"));
+            }
+            if data.len() > MAX_ROUTE_DATA {
+                return Err(DecodeError::OutOfBounds("route data"));
+            }
+            check_contacts(ahead)?;
+            check_contacts(behind)
+        }
+        Message::Route(RouteMessage::Backward { ahead, data, .. }) => {
+            if ahead.len() > MAX_RELAYS_PER_ROUTE + 1 {
+                return Err(DecodeError::OutOfBounds("route length"));
+            }
+            if data.len() > MAX_ROUTE_DATA {
+                return Err(DecodeError::OutOfBounds("route data"));
+            }
+            check_contacts(ahead)
+        }
         Message::Dht(DhtMessage::Response { body, .. }) => match body {
             Response::Nodes { closer } => check_contacts(closer),
             Response::Value { record, closer } => {
@@ -253,12 +324,14 @@ mod tests {
             }),
             Message::Dht(DhtMessage::Response {
                 id: 7,
+                position: None,
                 body: Response::Nodes {
                     closer: (0..20).map(contact).collect(),
                 },
             }),
             Message::Dht(DhtMessage::Response {
                 id: 8,
+                position: None,
                 body: Response::Value {
                     record: Some(rec),
                     closer: vec![],
@@ -266,6 +339,7 @@ mod tests {
             }),
             Message::Dht(DhtMessage::Response {
                 id: 9,
+                position: None,
                 body: Response::Stored {
                     result: Err(RecordError::NameTaken),
                 },
@@ -303,6 +377,7 @@ mod tests {
         );
         let too_many = Message::Dht(DhtMessage::Response {
             id: 1,
+            position: None,
             body: Response::Nodes {
                 closer: (0..40).map(contact).collect(),
             },
@@ -318,6 +393,7 @@ mod tests {
     fn oversized_messages_are_not_encoded() {
         let m = Message::Dht(DhtMessage::Response {
             id: 1,
+            position: None,
             body: Response::Nodes {
                 closer: (0..200)
                     .map(|i| Contact {
@@ -364,6 +440,7 @@ mod tests {
         fn nodes_round_trip(id in any::<u64>(), peers in proptest::collection::vec((any::<[u8; 32]>(), "[a-z0-9.:/]{1,40}"), 0..MAX_CONTACTS)) {
             let m = Message::Dht(DhtMessage::Response {
                 id,
+                position: None,
                 body: Response::Nodes {
                     closer: peers.into_iter().map(|(p, a)| Contact { peer: PeerId::from_bytes(p), addr: Addr::new(a) }).collect(),
                 },

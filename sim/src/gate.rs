@@ -38,7 +38,12 @@ pub struct Check {
 }
 
 /// Compares one run with its baseline row and the scenario's floor.
-pub fn check(scenario: &str, floor: Option<f64>, baseline: Option<&Row>, now: Result<Row, String>) -> Check {
+pub fn check(
+    scenario: &str,
+    floor: Option<f64>,
+    baseline: Option<&Row>,
+    now: Result<Row, String>,
+) -> Check {
     let mut failures = vec![];
     let mut warnings = vec![];
     match (&now, baseline) {
@@ -60,7 +65,8 @@ pub fn check(scenario: &str, floor: Option<f64>, baseline: Option<&Row>, now: Re
                     ));
                 }
             }
-            if b.latency_p50_ms > 0.0 && n.latency_p50_ms > b.latency_p50_ms * (1.0 + LATENCY_WARN) {
+            if b.latency_p50_ms > 0.0 && n.latency_p50_ms > b.latency_p50_ms * (1.0 + LATENCY_WARN)
+            {
                 warnings.push(format!(
                     "latency_p50_ms rose from {:.1} to {:.1} ms",
                     b.latency_p50_ms, n.latency_p50_ms
@@ -105,7 +111,9 @@ pub fn run_gate(
     scenarios
         .iter()
         .map(|(path, sc)| {
-            let name = sc.as_ref().map_or_else(|_| path.display().to_string(), |s| s.name.clone());
+            let name = sc
+                .as_ref()
+                .map_or_else(|_| path.display().to_string(), |s| s.name.clone());
             let now = sc.as_ref().map_err(Clone::clone).and_then(&mut run);
             let floor = sc.as_ref().ok().and_then(|s| s.gate.min_routing_success);
             let base = baseline.iter().find(|r| r.scenario == name);
@@ -140,9 +148,24 @@ pub fn table(checks: &[Check]) -> String {
             out,
             "{:<28} {:>19} {:>19} {:>15} {:>13}  {verdict}",
             c.scenario,
-            pair(b.map(|r| r.routing_success), n.map(|r| r.routing_success), 100.0, 2),
-            pair(b.map(|r| r.lookup_success), n.map(|r| r.lookup_success), 100.0, 2),
-            pair(b.map(|r| r.latency_p50_ms), n.map(|r| r.latency_p50_ms), 1.0, 0),
+            pair(
+                b.map(|r| r.routing_success),
+                n.map(|r| r.routing_success),
+                100.0,
+                2
+            ),
+            pair(
+                b.map(|r| r.lookup_success),
+                n.map(|r| r.lookup_success),
+                100.0,
+                2
+            ),
+            pair(
+                b.map(|r| r.latency_p50_ms),
+                n.map(|r| r.latency_p50_ms),
+                1.0,
+                0
+            ),
             pair(b.map(|r| r.stretch_p50), n.map(|r| r.stretch_p50), 1.0, 2),
         );
         for f in &c.failures {
@@ -188,9 +211,23 @@ mod tests {
     #[test]
     fn drops_beyond_the_tolerance_fail_and_within_it_pass() {
         let b = row("a", 0.999, 0.999, 100.0);
-        assert!(check("a", None, Some(&b), Ok(row("a", 0.997, 0.999, 100.0))).failures.is_empty());
-        assert_eq!(check("a", None, Some(&b), Ok(row("a", 0.996, 0.999, 100.0))).failures.len(), 1);
-        assert_eq!(check("a", None, Some(&b), Ok(row("a", 0.999, 0.99, 100.0))).failures.len(), 1);
+        assert!(
+            check("a", None, Some(&b), Ok(row("a", 0.997, 0.999, 100.0)))
+                .failures
+                .is_empty()
+        );
+        assert_eq!(
+            check("a", None, Some(&b), Ok(row("a", 0.996, 0.999, 100.0)))
+                .failures
+                .len(),
+            1
+        );
+        assert_eq!(
+            check("a", None, Some(&b), Ok(row("a", 0.999, 0.99, 100.0)))
+                .failures
+                .len(),
+            1
+        );
         let c = check("a", None, Some(&b), Ok(row("a", 1.0, 1.0, 111.0)));
         assert!(c.failures.is_empty());
         assert_eq!(c.warnings.len(), 1);
@@ -199,9 +236,24 @@ mod tests {
     #[test]
     fn floors_missing_baselines_and_errors_fail() {
         let b = row("a", 0.9, 0.9, 100.0);
-        assert_eq!(check("a", Some(0.95), Some(&b), Ok(row("a", 0.9, 0.9, 100.0))).failures.len(), 1);
-        assert_eq!(check("a", None, None, Ok(row("a", 1.0, 1.0, 1.0))).failures.len(), 1);
-        assert_eq!(check("a", None, Some(&b), Err("boom".into())).failures.len(), 1);
+        assert_eq!(
+            check("a", Some(0.95), Some(&b), Ok(row("a", 0.9, 0.9, 100.0)))
+                .failures
+                .len(),
+            1
+        );
+        assert_eq!(
+            check("a", None, None, Ok(row("a", 1.0, 1.0, 1.0)))
+                .failures
+                .len(),
+            1
+        );
+        assert_eq!(
+            check("a", None, Some(&b), Err("boom".into()))
+                .failures
+                .len(),
+            1
+        );
         let t = table(&[check("a", None, Some(&b), Err("boom".into()))]);
         assert!(t.contains("FAIL a: did not run: boom"), "{t}");
     }

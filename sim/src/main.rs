@@ -67,9 +67,9 @@ fn progress_bar(name: &str, total: u64) -> ProgressBar {
         ProgressDrawTarget::hidden()
     };
     let pb = ProgressBar::with_draw_target(Some(total), target);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>14} [{bar:40}] {pos}/{len} simulated s ({elapsed})",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} simulated s ({elapsed})")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(name.to_owned());

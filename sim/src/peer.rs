@@ -101,7 +101,9 @@ pub struct SimPeer {
 
 impl std::fmt::Debug for SimPeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimPeer").field("index", &self.index).finish_non_exhaustive()
+        f.debug_struct("SimPeer")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,10 +163,8 @@ impl SimPeer {
                     .lookup_done(req, endpoint.is_some(), &stats);
                 if let Some(to) = endpoint {
                     self.in_flight.insert(req, now);
-                    self.out.push_back((
-                        to,
-                        frame(KIND_APP_REQUEST, &self.id, &req.to_be_bytes()),
-                    ));
+                    self.out
+                        .push_back((to, frame(KIND_APP_REQUEST, &self.id, &req.to_be_bytes())));
                 }
             }
         }
@@ -199,7 +199,11 @@ impl SimPeer {
                 Response::Stored { result: Ok(()) }
             }
         };
-        Some(Message::Dht(DhtMessage::Response { id: *id, body }))
+        Some(Message::Dht(DhtMessage::Response {
+            id: *id,
+            body,
+            position: None,
+        }))
     }
 }
 
@@ -224,7 +228,8 @@ impl Protocol for SimPeer {
                     && let Some(answer) = self.lie(&msg)
                 {
                     if let Ok(bytes) = wire::encode(&answer) {
-                        self.out.push_back((from, frame(KIND_NODE, &self.id, &bytes)));
+                        self.out
+                            .push_back((from, frame(KIND_NODE, &self.id, &bytes)));
                     }
                     return;
                 }
@@ -243,9 +248,11 @@ impl Protocol for SimPeer {
                     return;
                 };
                 if let Some(sent) = self.in_flight.remove(&req) {
-                    self.metrics
-                        .borrow_mut()
-                        .response(req, now, now.saturating_duration_since(sent));
+                    self.metrics.borrow_mut().response(
+                        req,
+                        now,
+                        now.saturating_duration_since(sent),
+                    );
                 }
             }
             _ => self.metrics.borrow_mut().malformed += 1,
@@ -266,14 +273,12 @@ impl Protocol for SimPeer {
                     tracing::warn!(peer = self.index, error = %e, "publish failed");
                 }
             }
-            Command::Request { id, service } => {
-                match self.node.get_record(now, service.key()) {
-                    Ok(q) => {
-                        self.lookups.insert(q, id);
-                    }
-                    Err(_) => self.metrics.borrow_mut().lookup_refused(id),
+            Command::Request { id, service } => match self.node.get_record(now, service.key()) {
+                Ok(q) => {
+                    self.lookups.insert(q, id);
                 }
-            }
+                Err(_) => self.metrics.borrow_mut().lookup_refused(id),
+            },
             Command::Snapshot => {
                 let est = self.node.dht().size_estimate();
                 self.metrics.borrow_mut().size_estimates[self.index] = est;

@@ -122,12 +122,21 @@ impl World {
 
     fn honest_servers_alive(&self) -> Vec<usize> {
         (0..self.hosts.len())
-            .filter(|&i| self.current[i].is_some() && self.roles[i].is_server() && !self.adversary[i])
+            .filter(|&i| {
+                self.current[i].is_some() && self.roles[i].is_server() && !self.adversary[i]
+            })
             .collect()
     }
 
     /// Starts a peer with identity `kp` on `host` after `delay`, bootstrapping via `contacts`.
-    fn start_peer(&mut self, host: usize, kp: Keypair, node_seed: u64, delay: Duration, contacts: Vec<Contact>) {
+    fn start_peer(
+        &mut self,
+        host: usize,
+        kp: Keypair,
+        node_seed: u64,
+        delay: Duration,
+        contacts: Vec<Contact>,
+    ) {
         let (tx, rx) = unbounded_channel();
         self.senders[host] = Some(tx);
         self.current[host] = Some(kp.peer_id());
@@ -178,7 +187,10 @@ enum Action {
     Request,
     Kill,
     /// The session of the peer on this host (of this generation) ends.
-    Leave { host: usize, generation: u32 },
+    Leave {
+        host: usize,
+        generation: u32,
+    },
     StopMeasuring,
 }
 
@@ -196,13 +208,15 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     if scenario.nat.fraction > 0.0 {
         return Err(RunError::Unsupported {
             key: "nat.fraction",
-            problem: "NAT is not modelled yet (it comes with relaying in the routing issue); use 0".into(),
+            problem: "NAT is not modelled yet (it comes with relaying in the routing issue); use 0"
+                .into(),
         });
     }
     let n = scenario.peers;
     let seed = scenario.seed;
     let model = LatencyModel::default();
-    let placements: Rc<Vec<Placement>> = Rc::new(model.place_peers(scenario, &mut rng(seed, Stream::Placement)));
+    let placements: Rc<Vec<Placement>> =
+        Rc::new(model.place_peers(scenario, &mut rng(seed, Stream::Placement)));
 
     // Roles: participation by exact counts, shuffled; adversaries among the servers.
     let counts = scenario.participation_counts();
@@ -214,7 +228,8 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     roles.shuffle(&mut role_rng);
     let mut servers: Vec<usize> = (0..n).filter(|&i| roles[i].is_server()).collect();
     servers.shuffle(&mut role_rng);
-    let n_adv = ((scenario.adversary.fraction * n as f64).round() as usize).min(servers.len().saturating_sub(1));
+    let n_adv = ((scenario.adversary.fraction * n as f64).round() as usize)
+        .min(servers.len().saturating_sub(1));
     let mut adversary = vec![false; n];
     for &i in &servers[..n_adv] {
         adversary[i] = true;
@@ -234,7 +249,13 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         .filter(|&i| adversary[i])
         .map(|i| {
             let id = keys[i].peer_id();
-            (id.key(), Contact { peer: id, addr: Addr::new(socket_addr(host_ip(i).into()).to_string()) })
+            (
+                id.key(),
+                Contact {
+                    peer: id,
+                    addr: Addr::new(socket_addr(host_ip(i).into()).to_string()),
+                },
+            )
         })
         .collect();
     adv_sorted.sort_by_key(|(k, _)| *k);
@@ -281,14 +302,21 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     let warmup = Duration::from_secs(scenario.warmup_s);
     let join_window = warmup / 2;
     let first = honest_servers.iter().copied().min().unwrap_or(0);
-    let order: Vec<usize> = std::iter::once(first).chain((0..n).filter(|&i| i != first)).collect();
+    let order: Vec<usize> = std::iter::once(first)
+        .chain((0..n).filter(|&i| i != first))
+        .collect();
     let mut join_rng = rng(seed, Stream::Roles);
     let spacing = join_window / n.max(1) as u32;
     {
         // Spawning host tasks must happen inside the simulation: do the joins from a task.
         let world = Rc::clone(&world);
-        let (order, roles, adversary, keys, node_seeds) =
-            (order.clone(), roles.clone(), adversary.clone(), keys.clone(), node_seeds.clone());
+        let (order, roles, adversary, keys, node_seeds) = (
+            order.clone(),
+            roles.clone(),
+            adversary.clone(),
+            keys.clone(),
+            node_seeds.clone(),
+        );
         net.spawn_local(async move {
             let mut w = world.borrow_mut();
             let mut joined_servers: Vec<usize> = vec![];
@@ -306,7 +334,13 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                 if roles[host].is_server() && !adversary[host] {
                     joined_servers.push(host);
                 }
-                w.start_peer(host, keys[host].clone(), node_seeds[host], spacing * rank as u32, contacts);
+                w.start_peer(
+                    host,
+                    keys[host].clone(),
+                    node_seeds[host],
+                    spacing * rank as u32,
+                    contacts,
+                );
             }
         });
     }
@@ -336,7 +370,11 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         }
     }
     if scenario.faults.kill_fraction > 0.0 {
-        at(&mut schedule, Duration::from_secs(scenario.faults.kill_at_s), Action::Kill);
+        at(
+            &mut schedule,
+            Duration::from_secs(scenario.faults.kill_at_s),
+            Action::Kill,
+        );
     }
     let mut churn_rng = rng(seed, Stream::Churn);
     let mean_session = scenario.churn.mean_session_s;
@@ -348,14 +386,24 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     if mean_session > 0.0 {
         for (rank, &host) in order.iter().enumerate() {
             let joined = spacing * rank as u32;
-            at(&mut schedule, joined + session(&mut churn_rng), Action::Leave { host, generation: 0 });
+            at(
+                &mut schedule,
+                joined + session(&mut churn_rng),
+                Action::Leave {
+                    host,
+                    generation: 0,
+                },
+            );
         }
     }
     let end = measure_end + REQUEST_DEADLINE;
     let mut next_seq = seq;
 
     // The workload task.
-    let services: Vec<(usize, PeerId)> = service_hosts.iter().map(|&h| (h, keys[h].peer_id())).collect();
+    let services: Vec<(usize, PeerId)> = service_hosts
+        .iter()
+        .map(|&h| (h, keys[h].peer_id()))
+        .collect();
     let service_count = services.len();
     {
         let world = Rc::clone(&world);
@@ -401,30 +449,51 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                         if services.is_empty() {
                             continue;
                         }
-                        let (service_host, service_id) = services[wl_rng.random_range(0..services.len())];
+                        let (service_host, service_id) =
+                            services[wl_rng.random_range(0..services.len())];
                         if w.current[service_host] != Some(service_id) {
                             continue;
                         }
-                        let live: Vec<usize> = (0..n).filter(|&i| i != service_host && w.current[i].is_some()).collect();
-                        let Some(&client) = live.get(wl_rng.random_range(0..live.len().max(1))) else {
+                        let live: Vec<usize> = (0..n)
+                            .filter(|&i| i != service_host && w.current[i].is_some())
+                            .collect();
+                        let Some(&client) = live.get(wl_rng.random_range(0..live.len().max(1)))
+                        else {
                             continue;
                         };
                         next_request += 1;
                         metrics.borrow_mut().requests.insert(
                             next_request,
-                            metrics::RequestRecord { start: now, client, service: service_host, lookup: None, answer: None },
+                            metrics::RequestRecord {
+                                start: now,
+                                client,
+                                service: service_host,
+                                lookup: None,
+                                answer: None,
+                            },
                         );
-                        w.send(client, Command::Request { id: next_request, service: service_id });
+                        w.send(
+                            client,
+                            Command::Request {
+                                id: next_request,
+                                service: service_id,
+                            },
+                        );
                     }
                     Action::Kill => {
-                        let mut live: Vec<usize> = (0..n).filter(|&i| w.current[i].is_some()).collect();
+                        let mut live: Vec<usize> =
+                            (0..n).filter(|&i| w.current[i].is_some()).collect();
                         live.shuffle(&mut wl_rng);
-                        let k = (scenario.faults.kill_fraction * live.len() as f64).round() as usize;
+                        let k =
+                            (scenario.faults.kill_fraction * live.len() as f64).round() as usize;
                         for &h in &live[..k.min(live.len())] {
                             w.kill(h);
                         }
                     }
-                    Action::Leave { host, generation: g } => {
+                    Action::Leave {
+                        host,
+                        generation: g,
+                    } => {
                         if generation[host] != g || w.current[host].is_none() {
                             continue;
                         }
@@ -434,11 +503,18 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                         let node_seed = key_rng.random();
                         let mut pool = w.honest_servers_alive();
                         pool.shuffle(&mut churn_rng);
-                        let contacts: Vec<Contact> = pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
+                        let contacts: Vec<Contact> =
+                            pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
                         w.start_peer(host, kp, node_seed, Duration::ZERO, contacts);
                         let t_next = base.elapsed() + session(&mut churn_rng);
                         next_seq += 1;
-                        schedule.insert((t_next, next_seq), Action::Leave { host, generation: generation[host] });
+                        schedule.insert(
+                            (t_next, next_seq),
+                            Action::Leave {
+                                host,
+                                generation: generation[host],
+                            },
+                        );
                     }
                 }
             }
@@ -456,7 +532,14 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
 
     let w = world.borrow();
     let m = metrics.borrow();
-    Ok(summarize_run(scenario, &model, &placements, &w, &m, service_count))
+    Ok(summarize_run(
+        scenario,
+        &model,
+        &placements,
+        &w,
+        &m,
+        service_count,
+    ))
 }
 
 fn summarize_run(
@@ -529,7 +612,11 @@ fn summarize_run(
         level_count[level_index(w.roles[i])] += 1;
     }
     for l in 0..3 {
-        per_level[l] = if level_count[l] == 0 { 0.0 } else { per_level[l] / level_count[l] as f64 / secs };
+        per_level[l] = if level_count[l] == 0 {
+            0.0
+        } else {
+            per_level[l] / level_count[l] as f64 / secs
+        };
     }
     let row = Row {
         scenario: scenario.name.clone(),
@@ -542,14 +629,26 @@ fn summarize_run(
         latency_mean_ms: lat.mean,
         latency_p50_ms: lat.p50,
         latency_p99_ms: lat.p99,
-        direct_rtt_mean_ms: if direct.is_empty() { 0.0 } else { direct.iter().sum::<f64>() / direct.len() as f64 },
+        direct_rtt_mean_ms: if direct.is_empty() {
+            0.0
+        } else {
+            direct.iter().sum::<f64>() / direct.len() as f64
+        },
         stretch_p50: metrics::median(&mut stretch),
         lookup_success: ratio(lookups_ok, lookups),
-        lookup_hops_mean: if lookups_ok == 0 { 0.0 } else { hops as f64 / lookups_ok as f64 },
+        lookup_hops_mean: if lookups_ok == 0 {
+            0.0
+        } else {
+            hops as f64 / lookups_ok as f64
+        },
         lookup_p50_ms: look.p50,
         lookup_p99_ms: look.p99,
         regions_covered: regions.len() as u32,
-        size_estimate_error: if counted == 0 { 1.0 } else { err / counted as f64 },
+        size_estimate_error: if counted == 0 {
+            1.0
+        } else {
+            err / counted as f64
+        },
         msgs_per_peer_s: total_msgs as f64 / n / secs,
         bytes_per_peer_s: total_bytes as f64 / n / secs,
     };

@@ -324,11 +324,11 @@ impl FromStr for Strategy {
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     /// The file could not be read.
-    #[error("cannot read scenario file {}: {source}", path.display())]
+    #[error("cannot read scenario file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// What the OS said.
+        /// What the OS said (shown as the error's cause).
         #[source]
         source: std::io::Error,
     },
@@ -679,7 +679,8 @@ mod tests {
             assert_eq!(s.name, file.trim_end_matches(".toml"));
             assert_eq!(s.seed, 42);
             assert_eq!((s.warmup_s, s.duration_s), (60, 120));
-            assert_eq!(s.workload.strategy, Strategy::Geographic);
+            // Direct until the routing strategies are built (the runner refuses the others).
+            assert_eq!(s.workload.strategy, Strategy::Direct);
             assert_eq!(s.workload.services, 100);
             assert_eq!(s.faults, Faults::default());
             assert_eq!(s.churn.mean_session_s, 0.0);

@@ -61,7 +61,10 @@ fn a_real_regression_in_behaviour_fails_the_gate() {
 #[test]
 fn a_scenario_that_cannot_run_fails_the_gate() {
     let checks = gate::run_gate(
-        &[("broken.toml".into(), Err("faults.loss = 2: must be between 0 and 1".into()))],
+        &[(
+            "broken.toml".into(),
+            Err("faults.loss = 2: must be between 0 and 1".into()),
+        )],
         &[],
         |s| Ok(row(s)),
     );

@@ -5,7 +5,9 @@ use sim::run;
 use sim::scenario::Scenario;
 
 fn repo(path: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 fn row(sc: &Scenario) -> Row {
@@ -32,7 +34,11 @@ fn a_small_network_reaches_its_services() {
     assert!(r.routing_success >= 0.999, "routing {}", r.routing_success);
     assert!(r.lookup_success >= 0.999, "lookup {}", r.lookup_success);
     // Direct requests travel the modelled path: stretch ≈ 1 (jitter only).
-    assert!((0.9..1.1).contains(&r.stretch_p50), "stretch {}", r.stretch_p50);
+    assert!(
+        (0.9..1.1).contains(&r.stretch_p50),
+        "stretch {}",
+        r.stretch_p50
+    );
     assert_eq!(r.regions_covered, 6);
 }
 

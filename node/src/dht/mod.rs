@@ -232,8 +232,24 @@ enum Purpose {
 struct PendingRequest {
     peer: PeerId,
     purpose: Purpose,
+    sent: Instant,
     deadline: Instant,
 }
+
+/// A round-trip time the DHT measured (request sent → answer received), with the
+/// responder's coordinates if it gave them: the input of the network-coordinate system.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RttSample {
+    /// The responder.
+    pub peer: PeerId,
+    /// Request to answer.
+    pub rtt: Duration,
+    /// The responder's coordinates.
+    pub position: Option<crate::wire::Position>,
+}
+
+/// Most RTT samples kept until the node reads them.
+const MAX_RTT_SAMPLES: usize = 256;
 
 #[derive(Debug)]
 enum Internal {
@@ -302,6 +318,7 @@ pub struct Dht {
     next_sweep: Instant,
     /// (when, number of peers, distance of the farthest as a fraction of the key space).
     size_samples: VecDeque<(Instant, usize, f64)>,
+    rtt_samples: VecDeque<RttSample>,
     stats: DhtStats,
 }
 
@@ -338,6 +355,7 @@ impl Dht {
             refresh_round: None,
             next_sweep: now + Duration::from_secs(60),
             size_samples: VecDeque::new(),
+            rtt_samples: VecDeque::new(),
             stats: DhtStats::default(),
             config,
         }
@@ -556,13 +574,17 @@ impl Dht {
                 self.send(Transmit {
                     to: from,
                     addr: addr.clone(),
-                    message: DhtMessage::Response { id, body: answer },
+                    message: DhtMessage::Response {
+                        id,
+                        body: answer,
+                        position: None,
+                    },
                 });
                 if mode == Mode::Server {
                     self.saw_server(now, Contact { peer: from, addr });
                 }
             }
-            DhtMessage::Response { id, body } => {
+            DhtMessage::Response { id, body, position } => {
                 let Some(pending) = self.requests.get(&id) else {
                     self.stats.unexpected_responses += 1;
                     return;
@@ -576,6 +598,13 @@ impl Dht {
                 };
                 self.deadlines.remove(&(pending.deadline, id));
                 self.saw_server(now, Contact { peer: from, addr });
+                if self.rtt_samples.len() < MAX_RTT_SAMPLES {
+                    self.rtt_samples.push_back(RttSample {
+                        peer: from,
+                        rtt: now.saturating_duration_since(pending.sent),
+                        position,
+                    });
+                }
                 if let Purpose::Query(q) = pending.purpose {
                     self.on_query_response(now, q, from, body);
                 }
@@ -655,6 +684,11 @@ impl Dht {
         self.events.pop_front()
     }
 
+    /// The next measured round-trip time.
+    pub fn poll_rtt_sample(&mut self) -> Option<RttSample> {
+        self.rtt_samples.pop_front()
+    }
+
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = Some(self.next_sweep);
@@ -693,6 +727,7 @@ impl Dht {
             PendingRequest {
                 peer: to.peer,
                 purpose,
+                sent: now,
                 deadline,
             },
         );
