@@ -10,6 +10,8 @@
 //! - [`dht`] — Kademlia: [`dht::kbucket`] (routing table), [`dht::query`] (the iterative
 //!   lookup, a pure data structure), [`dht::store`] (records held for others) and the
 //!   [`dht::Dht`] state machine.
+//! - [`e2e`] — end-to-end encrypted sessions over relays: the Noise XK handshake (seeded,
+//!   deterministic) and replay-checked transport frames that survive loss and reordering.
 //! - [`node`] — [`Node`], which composes the parts behind one calling contract.
 //!
 //! # Design
@@ -24,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod dht;
+pub mod e2e;
 pub mod id;
 pub mod node;
 pub mod record;
