@@ -12,6 +12,8 @@
 //!   [`dht::Dht`] state machine.
 //! - [`e2e`] — end-to-end encrypted sessions over relays: the Noise XK handshake (seeded,
 //!   deterministic) and replay-checked transport frames that survive loss and reordering.
+//! - [`routing`] — requests to services: direct, multi-hop or geographic routes through
+//!   relays ([`routing::score`] chooses them), end to end encrypted with [`e2e`]; failover.
 //! - [`node`] — [`Node`], which composes the parts behind one calling contract.
 //!
 //! # Design
@@ -30,6 +32,7 @@ pub mod e2e;
 pub mod id;
 pub mod node;
 pub mod record;
+pub mod routing;
 pub mod wire;
 
 #[cfg(test)]

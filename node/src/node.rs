@@ -3,10 +3,16 @@
 
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use crate::dht::{self, Dht, DhtConfig, DhtError, Publish, QueryId};
 use crate::id::{Key, Keypair, PeerId};
-use crate::record::{Addr, Participation, Record};
-use crate::wire::{self, Contact, DecodeError, EncodeError, Message};
+use crate::record::{Addr, Participation, Record, ServiceRecord};
+use crate::routing::{
+    self, Candidate, ReplyTo, RequestId, RouteError, RouteEvent, Router, RouterConfig, Strategy,
+    Target, Trust,
+};
+use crate::wire::{self, Contact, DecodeError, DhtMessage, EncodeError, Message, Position};
 
 /// Settings of a node. `Default` is a `routing` peer with production values.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +21,8 @@ pub struct NodeConfig {
     pub participation: Participation,
     /// The DHT's settings (`server` is derived from `participation` by [`NodeConfig::new`]).
     pub dht: DhtConfig,
+    /// The router's settings (`relay` is derived from `participation`).
+    pub router: RouterConfig,
 }
 
 impl NodeConfig {
@@ -28,7 +36,15 @@ impl NodeConfig {
             // Full peers keep more records for others.
             dht.max_records *= 4;
         }
-        Self { participation, dht }
+        let router = RouterConfig {
+            relay: participation.is_server(),
+            ..RouterConfig::default()
+        };
+        Self {
+            participation,
+            dht,
+            router,
+        }
     }
 }
 
@@ -61,6 +77,8 @@ impl Transmit {
 pub enum Event {
     /// From the DHT.
     Dht(dht::Event),
+    /// From the router.
+    Route(RouteEvent),
 }
 
 /// Counters of the node's traffic.
@@ -101,8 +119,15 @@ pub struct NodeStats {
 pub struct Node {
     config: NodeConfig,
     dht: Dht,
+    router: Router,
+    noise_key: [u8; 32],
+    /// Coordinates peers reported in their DHT answers (bounded).
+    positions: BTreeMap<PeerId, Position>,
     stats: NodeStats,
 }
+
+/// Most peers whose coordinates are remembered.
+const MAX_POSITIONS: usize = 4096;
 
 impl Node {
     /// A node with identity `keypair`, randomness from `seed`, created at `now`, when the wall
@@ -114,10 +139,23 @@ impl Node {
         now: Instant,
         unix_now: u64,
     ) -> Self {
+        let static_key = routing::static_key_for(&keypair.secret());
+        let noise_key = static_key.public();
+        let peer = keypair.peer_id();
         let dht = Dht::new(config.dht.clone(), keypair, seed, now, unix_now);
+        let router = Router::new(
+            config.router.clone(),
+            peer,
+            static_key,
+            seed ^ 0x9e37_79b9_7f4a_7c15,
+            now,
+        );
         Self {
             config,
             dht,
+            router,
+            noise_key,
+            positions: BTreeMap::new(),
             stats: NodeStats::default(),
         }
     }
@@ -166,9 +204,78 @@ impl Node {
         self.dht.put_record(now, record)
     }
 
-    /// Publishes (and keeps republishing) a record this node owns.
+    /// Publishes (and keeps republishing) a record this node owns. A service record gets the
+    /// node's end-to-end key (so clients can reach it through relays) and its coordinates.
     pub fn publish(&mut self, now: Instant, what: Publish) -> Result<QueryId, DhtError> {
+        let what = match what {
+            Publish::Service(mut s) => {
+                s.noise_key = Some(self.noise_key);
+                s.coordinates = s.coordinates.or(self.coordinates());
+                Publish::Service(s)
+            }
+            other => other,
+        };
         self.dht.publish(now, what)
+    }
+
+    /// This node's network coordinates, once it has measured any.
+    pub fn coordinates(&self) -> Option<crate::record::Coordinates> {
+        None
+    }
+
+    /// Sends `body` to the service of `record` (a record from a lookup: its signature and
+    /// expiry were checked) by `strategy`. The answer comes as [`RouteEvent::Response`], or
+    /// [`RouteEvent::Failed`].
+    pub fn request(
+        &mut self,
+        now: Instant,
+        record: &ServiceRecord,
+        strategy: Strategy,
+        body: Vec<u8>,
+    ) -> Result<RequestId, RouteError> {
+        let Some(endpoint) = record.endpoints.first() else {
+            return Err(RouteError::NoEndpoint);
+        };
+        let target = Target {
+            contact: Contact {
+                peer: record.peer,
+                addr: endpoint.clone(),
+            },
+            noise_key: record.noise_key,
+            coords: self
+                .positions
+                .get(&record.peer)
+                .map(|p| p.coords)
+                .or(record.coordinates),
+        };
+        let candidates: Vec<Candidate> = if strategy == Strategy::Direct {
+            vec![]
+        } else {
+            self.dht
+                .table()
+                .iter()
+                .map(|e| Candidate {
+                    contact: e.contact.clone(),
+                    coords: self.positions.get(&e.contact.peer).map(|p| p.coords),
+                    trust: Trust::default(),
+                    relays: true,
+                    alive: e.failures == 0,
+                })
+                .collect()
+        };
+        let own = self.coordinates();
+        self.router
+            .request(now, target, strategy, body, candidates, own)
+    }
+
+    /// Answers a request this node received as a service ([`RouteEvent::Request`]).
+    pub fn respond(&mut self, now: Instant, reply: ReplyTo, body: Vec<u8>) {
+        self.router.respond(now, reply, body)
+    }
+
+    /// The router (read-only: counters, trust).
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     // ---- inputs ----
@@ -193,7 +300,9 @@ impl Node {
         self.stats.messages_in += 1;
         match msg {
             Message::Dht(m) => self.dht.handle_message(now, from, addr, m),
-            Message::Route(_) => self.stats.unhandled_in += 1,
+            Message::Route(m) => self
+                .router
+                .handle_message(now, Contact { peer: from, addr }, m),
         }
     }
 
@@ -204,14 +313,40 @@ impl Node {
 
     /// Call when [`poll_timeout`](Node::poll_timeout) is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.dht.handle_timeout(now)
+        self.dht.handle_timeout(now);
+        self.router.handle_timeout(now);
+        self.absorb_rtt_samples();
+    }
+
+    /// Takes what the DHT measured: peers' coordinates (for relay choice).
+    fn absorb_rtt_samples(&mut self) {
+        while let Some(s) = self.dht.poll_rtt_sample() {
+            if let Some(p) = s.position {
+                if self.positions.len() >= MAX_POSITIONS && !self.positions.contains_key(&s.peer) {
+                    self.positions.pop_first();
+                }
+                self.positions.insert(s.peer, p);
+            }
+        }
     }
 
     // ---- outputs ----
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.dht.poll_transmit()?;
+        self.absorb_rtt_samples();
+        if let Some((to, m)) = self.router.poll_transmit() {
+            self.stats.messages_out += 1;
+            return Some(Transmit {
+                to: to.peer,
+                addr: to.addr,
+                message: Message::Route(m),
+            });
+        }
+        let mut t = self.dht.poll_transmit()?;
+        if let DhtMessage::Response { position, .. } = &mut t.message {
+            *position = self.position();
+        }
         self.stats.messages_out += 1;
         Some(Transmit {
             to: t.to,
@@ -220,14 +355,25 @@ impl Node {
         })
     }
 
+    /// This node's coordinates as sent in DHT answers.
+    fn position(&self) -> Option<Position> {
+        None
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.dht.poll_event().map(Event::Dht)
+        if let Some(e) = self.dht.poll_event() {
+            return Some(Event::Dht(e));
+        }
+        self.router.poll_event().map(Event::Route)
     }
 
     /// When [`handle_timeout`](Node::handle_timeout) must next be called: the earliest of the
     /// parts' timeouts.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.dht.poll_timeout()].into_iter().flatten().min()
+        [self.dht.poll_timeout(), self.router.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

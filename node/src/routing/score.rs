@@ -122,7 +122,10 @@ pub fn choose(
         }
         Strategy::Geographic => {
             let (Some(cc), Some(sc)) = (client_coords, service_coords) else {
-                return usable.choose(rng).map(|c| vec![c.contact.clone()]).unwrap_or_default();
+                return usable
+                    .choose(rng)
+                    .map(|c| vec![c.contact.clone()])
+                    .unwrap_or_default();
             };
             let best = usable
                 .iter()
@@ -130,13 +133,20 @@ pub fn choose(
                     let rc = c.coords.as_ref()?;
                     let latency = predict_ms(cc, rc) + predict_ms(rc, sc);
                     let reliability = c.trust.success.clamp(0.05, 1.0);
-                    let cost = latency / (reliability * reliability) * (1.0 + 0.1 * f64::from(c.trust.load));
+                    let cost = latency / (reliability * reliability)
+                        * (1.0 + 0.1 * f64::from(c.trust.load));
                     cost.is_finite().then_some((cost, *c))
                 })
-                .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.contact.peer.cmp(&b.1.contact.peer)));
+                .min_by(|a, b| {
+                    a.0.total_cmp(&b.0)
+                        .then_with(|| a.1.contact.peer.cmp(&b.1.contact.peer))
+                });
             match best {
                 Some((_, c)) => vec![c.contact.clone()],
-                None => usable.choose(rng).map(|c| vec![c.contact.clone()]).unwrap_or_default(),
+                None => usable
+                    .choose(rng)
+                    .map(|c| vec![c.contact.clone()])
+                    .unwrap_or_default(),
             }
         }
     }
@@ -160,10 +170,7 @@ mod tests {
                 y: 0.0,
                 height: 1.0,
             }),
-            trust: Trust {
-                success,
-                load: 0,
-            },
+            trust: Trust { success, load: 0 },
             relays,
             alive,
         }
@@ -180,9 +187,23 @@ mod tests {
     #[test]
     fn geographic_prefers_the_relay_on_the_way_and_avoids_unreliable_ones() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let cands = vec![cand(1, 50.0, true, true, 0.9), cand(2, 300.0, true, true, 0.9), cand(3, 40.0, true, true, 0.2)];
+        let cands = vec![
+            cand(1, 50.0, true, true, 0.9),
+            cand(2, 300.0, true, true, 0.9),
+            cand(3, 40.0, true, true, 0.2),
+        ];
         let (c, s) = (PeerId::from_bytes([100; 32]), PeerId::from_bytes([101; 32]));
-        let r = choose(Strategy::Geographic, &cands, &c, &s, Some(&at(0.0)), Some(&at(100.0)), &BTreeSet::new(), 1, &mut rng);
+        let r = choose(
+            Strategy::Geographic,
+            &cands,
+            &c,
+            &s,
+            Some(&at(0.0)),
+            Some(&at(100.0)),
+            &BTreeSet::new(),
+            1,
+            &mut rng,
+        );
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].peer, PeerId::from_bytes([1; 32]));
     }
