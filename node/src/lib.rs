@@ -10,6 +10,8 @@
 //! - [`dht`] — Kademlia: [`dht::kbucket`] (routing table), [`dht::query`] (the iterative
 //!   lookup, a pure data structure), [`dht::store`] (records held for others) and the
 //!   [`dht::Dht`] state machine.
+//! - [`coords`] — Vivaldi network coordinates ([`coords::Vivaldi`], a pure data structure):
+//!   predict the RTT to a peer from the coordinates in its record.
 //! - [`node`] — [`Node`], which composes the parts behind one calling contract.
 //!
 //! # Design
@@ -23,6 +25,7 @@
 //! everything a peer sends is checked before it is used.
 #![warn(missing_docs)]
 
+pub mod coords;
 pub mod dht;
 pub mod id;
 pub mod node;
