@@ -1,4 +1,5 @@
-//! beam's protocol core: identity, wire format and the Kademlia DHT — sans-IO.
+//! beam's protocol core: identity, wire format, the Kademlia DHT, coordinates and routing —
+//! sans-IO.
 //!
 //! # Layout
 //!
@@ -14,6 +15,8 @@
 //!   deterministic) and replay-checked transport frames that survive loss and reordering.
 //! - [`routing`] — requests to services: direct, multi-hop or geographic routes through
 //!   relays ([`routing::score`] chooses them), end to end encrypted with [`e2e`]; failover.
+//! - [`coords`] — Vivaldi network coordinates ([`coords::Vivaldi`], a pure data structure):
+//!   predict the RTT to a peer from the coordinates in its record.
 //! - [`node`] — [`Node`], which composes the parts behind one calling contract.
 //!
 //! # Design
@@ -27,6 +30,7 @@
 //! everything a peer sends is checked before it is used.
 #![warn(missing_docs)]
 
+pub mod coords;
 pub mod dht;
 pub mod e2e;
 pub mod id;

@@ -5,6 +5,10 @@ use std::time::Instant;
 
 use std::collections::BTreeMap;
 
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::coords::{Vivaldi, VivaldiConfig};
 use crate::dht::{self, Dht, DhtConfig, DhtError, Publish, QueryId};
 use crate::id::{Key, Keypair, PeerId};
 use crate::record::{Addr, Participation, Record, ServiceRecord};
@@ -123,6 +127,8 @@ pub struct Node {
     noise_key: [u8; 32],
     /// Coordinates peers reported in their DHT answers (bounded).
     positions: BTreeMap<PeerId, Position>,
+    vivaldi: Vivaldi,
+    vivaldi_rng: ChaCha8Rng,
     stats: NodeStats,
 }
 
@@ -156,6 +162,8 @@ impl Node {
             router,
             noise_key,
             positions: BTreeMap::new(),
+            vivaldi: Vivaldi::new(VivaldiConfig::default()),
+            vivaldi_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6a09_e667_f3bc_c908),
             stats: NodeStats::default(),
         }
     }
@@ -220,7 +228,12 @@ impl Node {
 
     /// This node's network coordinates, once it has measured any.
     pub fn coordinates(&self) -> Option<crate::record::Coordinates> {
-        None
+        (self.vivaldi.samples() > 0).then(|| self.vivaldi.coordinates())
+    }
+
+    /// The coordinate system's state (error estimate, samples used).
+    pub fn vivaldi(&self) -> &Vivaldi {
+        &self.vivaldi
     }
 
     /// Sends `body` to the service of `record` (a record from a lookup: its signature and
@@ -322,6 +335,8 @@ impl Node {
     fn absorb_rtt_samples(&mut self) {
         while let Some(s) = self.dht.poll_rtt_sample() {
             if let Some(p) = s.position {
+                self.vivaldi
+                    .observe(p.coords, p.error, s.rtt, &mut self.vivaldi_rng);
                 if self.positions.len() >= MAX_POSITIONS && !self.positions.contains_key(&s.peer) {
                     self.positions.pop_first();
                 }
@@ -357,7 +372,10 @@ impl Node {
 
     /// This node's coordinates as sent in DHT answers.
     fn position(&self) -> Option<Position> {
-        None
+        self.coordinates().map(|coords| Position {
+            coords,
+            error: self.vivaldi.error(),
+        })
     }
 
     /// The next event.
