@@ -77,6 +77,7 @@ impl Transmit {
 }
 
 /// What the node reports.
+#[allow(clippy::large_enum_variant)] // few, short-lived
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// From the DHT.
@@ -371,9 +372,11 @@ impl Node {
     }
 
     /// This node's coordinates as sent in DHT answers.
+    /// Always given, even before any sample: a fresh node's position (the origin, error 1)
+    /// is what lets the others weigh it, and the system start at all.
     fn position(&self) -> Option<Position> {
-        self.coordinates().map(|coords| Position {
-            coords,
+        Some(Position {
+            coords: self.vivaldi.coordinates(),
             error: self.vivaldi.error(),
         })
     }

@@ -49,6 +49,10 @@ pub struct TestNet {
     /// Per-message drop probability.
     pub loss: f64,
     pub messages: u64,
+    /// Services answer every routed request with its own body.
+    pub auto_respond: bool,
+    /// Every datagram delivered, as (to, bytes), when set.
+    pub tap: Option<Vec<(usize, Vec<u8>)>>,
 }
 
 impl TestNet {
@@ -70,6 +74,8 @@ impl TestNet {
             latency: (Duration::from_millis(10), Duration::from_millis(80)),
             loss: 0.0,
             messages: 0,
+            auto_respond: true,
+            tap: None,
         }
     }
 
@@ -130,7 +136,17 @@ impl TestNet {
             out.push(t);
         }
         while let Some(e) = node.poll_event() {
+            if self.auto_respond
+                && let Event::Route(crate::routing::RouteEvent::Request { reply, body }) = &e
+            {
+                node.respond(self.now, reply.clone(), body.clone());
+                continue;
+            }
             self.events.push((i, self.now, e));
+        }
+        // Answers given above were queued after the first drain.
+        while let Some(t) = node.poll_transmit() {
+            out.push(t);
         }
         let next = node.poll_timeout();
         for t in out {
@@ -175,6 +191,9 @@ impl TestNet {
             self.messages += 1;
             let from_id = self.ids[from];
             let now = self.now;
+            if let Some(tap) = &mut self.tap {
+                tap.push((to, bytes.clone()));
+            }
             if let Some(node) = self.nodes[to].as_mut() {
                 node.handle_datagram(now, from_id, addr(from), &bytes);
                 self.after_input(to);
@@ -660,4 +679,163 @@ fn garbage_from_a_peer_is_counted_and_harmless() {
     assert!(net.node(0).stats().malformed_in >= 150);
     let (ok, total, _, _) = lookups(&mut net, 30);
     assert_eq!(ok, total);
+}
+
+fn service_at(i: usize) -> crate::record::ServiceRecord {
+    crate::record::ServiceRecord {
+        endpoints: vec![addr(i)],
+        ..service_template()
+    }
+}
+
+fn resolve(net: &mut TestNet, who: usize, service: usize) -> crate::record::ServiceRecord {
+    let key = net.ids[service].key();
+    match get(net, who, key) {
+        Some(crate::record::Record::Service(s)) => s.body,
+        other => panic!("no service record: {other:?}"),
+    }
+}
+
+fn routed(
+    net: &mut TestNet,
+    client: usize,
+    record: &crate::record::ServiceRecord,
+    strategy: crate::routing::Strategy,
+    body: &[u8],
+) -> Option<(Vec<u8>, Vec<PeerId>, u8)> {
+    let id = net
+        .with(client, |n, now| {
+            n.request(now, record, strategy, body.to_vec())
+        })
+        .expect("request starts");
+    net.run_for(Duration::from_secs(6));
+    for (i, _, e) in net.take_events() {
+        match e {
+            Event::Route(crate::routing::RouteEvent::Response {
+                id: got,
+                body,
+                relays,
+                attempts,
+                ..
+            }) if i == client && got == id => {
+                return Some((body, relays, attempts));
+            }
+            Event::Route(crate::routing::RouteEvent::Failed { id: got, .. })
+                if i == client && got == id =>
+            {
+                return None;
+            }
+            _ => {}
+        }
+    }
+    panic!("the request neither succeeded nor failed");
+}
+
+#[test]
+fn requests_reach_services_by_every_strategy_and_relays_see_only_ciphertext() {
+    use crate::routing::Strategy;
+    let mut net = TestNet::grow(
+        21,
+        80,
+        Some(4),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let (client, service) = (3, 10);
+    let id = net
+        .with(service, |n, now| {
+            n.publish(now, Publish::Service(service_at(service)))
+        })
+        .expect("started");
+    assert!(put_outcome(&mut net, service, id).0 > 0);
+    let record = resolve(&mut net, client, service);
+    assert!(
+        record.noise_key.is_some(),
+        "the record carries the end-to-end key"
+    );
+    let secret = b"attack at dawn; the password is swordfish".to_vec();
+    for strategy in [Strategy::Direct, Strategy::MultiHop, Strategy::Geographic] {
+        net.tap = Some(vec![]);
+        let (body, relays, _) =
+            routed(&mut net, client, &record, strategy, &secret).expect("answered");
+        assert_eq!(body, secret);
+        match strategy {
+            Strategy::Direct => assert!(relays.is_empty()),
+            Strategy::MultiHop => assert_eq!(relays.len(), 2),
+            Strategy::Geographic => assert_eq!(relays.len(), 1),
+        }
+        let tapped = net.tap.take().unwrap_or_default();
+        let relay_idx: Vec<usize> = relays
+            .iter()
+            .map(|r| net.ids.iter().position(|x| x == r).expect("known"))
+            .collect();
+        let seen: Vec<&Vec<u8>> = tapped
+            .iter()
+            .filter(|(to, _)| relay_idx.contains(to))
+            .map(|(_, b)| b)
+            .collect();
+        if strategy != Strategy::Direct {
+            assert!(!seen.is_empty(), "the relays carried the request");
+        }
+        for bytes in seen {
+            for w in secret.windows(8) {
+                assert!(!bytes.windows(8).any(|b| b == w), "a relay saw plaintext");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_dead_relay_is_routed_around() {
+    use crate::routing::Strategy;
+    let mut net = TestNet::grow(
+        22,
+        120,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let (client, service) = (7, 50);
+    let id = net
+        .with(service, |n, now| {
+            n.publish(now, Publish::Service(service_at(service)))
+        })
+        .expect("started");
+    assert!(put_outcome(&mut net, service, id).0 > 0);
+    let record = resolve(&mut net, client, service);
+    // A first request shows which relay geographic routing prefers; kill it.
+    let (_, relays, attempts) =
+        routed(&mut net, client, &record, Strategy::Geographic, b"one").expect("answered");
+    assert_eq!(attempts, 1);
+    let relay = net.ids.iter().position(|x| *x == relays[0]).expect("known");
+    net.kill(relay);
+    // The next request tries the dead relay, times out, and succeeds over another route.
+    let (body, relays2, attempts) =
+        routed(&mut net, client, &record, Strategy::Geographic, b"two").expect("failed over");
+    assert_eq!(body, b"two");
+    assert_eq!(attempts, 2, "the first attempt went to the dead relay");
+    assert_ne!(relays2[0], relays[0]);
+    // …and the router remembers: the one after goes around it at once.
+    let (_, relays3, attempts) =
+        routed(&mut net, client, &record, Strategy::Geographic, b"three").expect("answered");
+    assert_eq!(attempts, 1);
+    assert_ne!(relays3[0], relays[0]);
+    // Multi-hop too: with a fifth of the servers dead, every request still gets through.
+    for i in (0..120).step_by(5) {
+        if i != client && i != service && net.alive(i) {
+            net.kill(i);
+        }
+    }
+    let mut retried = 0;
+    for n in 0..20u8 {
+        let (body, _, attempts) =
+            routed(&mut net, client, &record, Strategy::MultiHop, &[n]).expect("answered");
+        assert_eq!(body, [n]);
+        if attempts > 1 {
+            retried += 1;
+        }
+    }
+    assert!(retried > 0, "some routes hit a dead relay and failed over");
 }

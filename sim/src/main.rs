@@ -86,7 +86,8 @@ fn run_one(sc: &Scenario) -> Result<Row> {
     let r = &out.row;
     eprintln!(
         "{}: {} peers, {} services, {} requests, routing {:.3} %, lookup {:.3} %; \
-         msgs/peer/s light {:.2} routing {:.2} full {:.2}; wall {:.1} s, peak RSS {} MiB",
+         msgs/peer/s light {:.2} routing {:.2} full {:.2}; coordinates median error {}; \
+         wall {:.1} s, peak RSS {} MiB",
         sc.name,
         sc.peers,
         out.services,
@@ -96,6 +97,8 @@ fn run_one(sc: &Scenario) -> Result<Row> {
         out.msgs_per_level[0],
         out.msgs_per_level[1],
         out.msgs_per_level[2],
+        out.coords_median_error
+            .map_or("-".into(), |e| format!("{:.1} %", e * 100.0)),
         started.elapsed().as_secs_f64(),
         run::peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}")),
     );

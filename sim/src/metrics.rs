@@ -42,6 +42,8 @@ pub struct Metrics {
     pub bytes: Vec<u64>,
     /// Size estimates collected at the end, per host.
     pub size_estimates: Vec<Option<f64>>,
+    /// Network coordinates collected at the end, per host.
+    pub coordinates: Vec<Option<beam_node::record::Coordinates>>,
     /// Datagrams that were not a valid frame.
     pub malformed: u64,
     /// Node transmits whose address was not `ip:port` or that did not encode.
@@ -57,6 +59,7 @@ impl Metrics {
             msgs: vec![0; hosts],
             bytes: vec![0; hosts],
             size_estimates: vec![None; hosts],
+            coordinates: vec![None; hosts],
             malformed: 0,
             unsendable: 0,
         }

@@ -5,11 +5,10 @@
 //!
 //! Every datagram is `[kind: u8][sender PeerId: 32 bytes][payload]`. The sender's id stands
 //! in for what the real transport gives (libp2p authenticates the remote's id in its Noise
-//! handshake); in the simulator no peer forges it. Kinds:
-//! - [`KIND_NODE`]: a `beam-node` wire message;
-//! - [`KIND_APP_REQUEST`] / [`KIND_APP_RESPONSE`]: the workload's request and answer
-//!   (`u64` request id, big-endian). Until the routing issue lands a client sends its request
-//!   straight to the endpoint in the service record.
+//! handshake); in the simulator no peer forges it. The only kind is [`KIND_NODE`], a
+//! `beam-node` wire message. A workload request resolves the service record through the DHT,
+//! then goes to the service over a route chosen by the scenario's strategy; the service
+//! answers with the request's 8-byte id.
 //!
 //! # The adversary
 //!
@@ -17,7 +16,7 @@
 //! FIND_NODE (and FIND_VALUE when it holds nothing) with the adversaries closest to the
 //! target it knows of (trying to pull lookups into a captured region), keeps only the first
 //! copy of every record it is asked to store and serves that stale copy forever, and
-//! acknowledges every STORE without storing fresh data.
+//! acknowledges every STORE without storing fresh data; and drops every frame it should relay.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -27,7 +26,8 @@ use std::time::Instant;
 
 use beam_node::dht::{self, Publish, QueryId};
 use beam_node::record::ServiceRecord;
-use beam_node::wire::{self, Contact, DhtMessage, Message, Request, Response};
+use beam_node::routing::{RequestId, RouteEvent, Strategy};
+use beam_node::wire::{self, Contact, DhtMessage, Message, Request, Response, RouteMessage};
 use beam_node::{Addr, Key, Node, PeerId, Record};
 
 use crate::driver::Protocol;
@@ -35,10 +35,6 @@ use crate::metrics::Metrics;
 
 /// A `beam-node` wire message.
 pub const KIND_NODE: u8 = 0;
-/// The workload's request to a service.
-pub const KIND_APP_REQUEST: u8 = 1;
-/// A service's answer.
-pub const KIND_APP_RESPONSE: u8 = 2;
 const HEADER: usize = 33;
 
 /// The port every simulated peer listens on.
@@ -94,9 +90,17 @@ pub struct SimPeer {
     /// An adversary's first copy of every record it was given.
     stale: BTreeMap<Key, Record>,
     metrics: Rc<RefCell<Metrics>>,
+    strategy: Strategy,
     lookups: BTreeMap<QueryId, u64>,
-    in_flight: BTreeMap<u64, Instant>,
+    in_flight: BTreeMap<RequestId, u64>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
+}
+
+/// What an adversary does with a message.
+enum Lie {
+    Honest,
+    Drop,
+    Answer(Box<Message>),
 }
 
 impl std::fmt::Debug for SimPeer {
@@ -127,12 +131,14 @@ impl SimPeer {
         node: Node,
         adversary: Option<Rc<Adversaries>>,
         metrics: Rc<RefCell<Metrics>>,
+        strategy: Strategy,
     ) -> Self {
         Self {
             index,
             id: node.peer_id(),
             node,
             adversary,
+            strategy,
             stale: BTreeMap::new(),
             metrics,
             lookups: BTreeMap::new(),
@@ -141,44 +147,71 @@ impl SimPeer {
         }
     }
 
-    /// Handles the node's events: resolved services get the workload's request.
+    /// Handles the node's events: resolved services get the workload's request; services
+    /// answer requests; answers are measured.
     fn pump(&mut self, now: Instant) {
         while let Some(ev) = self.node.poll_event() {
-            let beam_node::Event::Dht(ev) = ev;
-            if let dht::Event::GetRecord {
-                id, record, stats, ..
-            } = ev
-                && let Some(req) = self.lookups.remove(&id)
-            {
-                let endpoint = match &record {
-                    Some(Record::Service(s)) => s
-                        .body
-                        .endpoints
-                        .first()
-                        .and_then(|a| a.as_str().parse::<SocketAddr>().ok()),
-                    _ => None,
-                };
-                self.metrics
-                    .borrow_mut()
-                    .lookup_done(req, endpoint.is_some(), &stats);
-                if let Some(to) = endpoint {
-                    self.in_flight.insert(req, now);
-                    self.out
-                        .push_back((to, frame(KIND_APP_REQUEST, &self.id, &req.to_be_bytes())));
+            match ev {
+                beam_node::Event::Dht(dht::Event::GetRecord {
+                    id, record, stats, ..
+                }) => {
+                    let Some(req) = self.lookups.remove(&id) else {
+                        continue;
+                    };
+                    let service = match record {
+                        Some(Record::Service(s)) => Some(s.body),
+                        _ => None,
+                    };
+                    self.metrics
+                        .borrow_mut()
+                        .lookup_done(req, service.is_some(), &stats);
+                    if let Some(service) = service {
+                        match self.node.request(
+                            now,
+                            &service,
+                            self.strategy,
+                            req.to_be_bytes().to_vec(),
+                        ) {
+                            Ok(rid) => {
+                                self.in_flight.insert(rid, req);
+                            }
+                            Err(e) => tracing::debug!(error = %e, "request not sent"),
+                        }
+                    }
                 }
+                beam_node::Event::Route(RouteEvent::Response { id, rtt, .. }) => {
+                    if let Some(req) = self.in_flight.remove(&id) {
+                        self.metrics.borrow_mut().response(req, now, rtt);
+                    }
+                }
+                beam_node::Event::Route(RouteEvent::Failed { id, .. }) => {
+                    self.in_flight.remove(&id);
+                }
+                beam_node::Event::Route(RouteEvent::Request { reply, body }) => {
+                    if self.adversary.is_none() {
+                        self.node.respond(now, reply, body);
+                    }
+                }
+                beam_node::Event::Dht(_) => {}
             }
         }
     }
 
     /// An adversary's answer to a DHT request, or `None` to let the honest node answer.
-    fn lie(&mut self, msg: &Message) -> Option<Message> {
-        let adv = self.adversary.as_ref()?;
-        let Message::Dht(DhtMessage::Request { id, body, .. }) = msg else {
-            return None;
+    fn lie(&mut self, msg: &Message) -> Lie {
+        let Some(adv) = self.adversary.as_ref() else {
+            return Lie::Honest;
+        };
+        let (id, body) = match msg {
+            Message::Dht(DhtMessage::Request { id, body, .. }) => (id, body),
+            Message::Route(
+                RouteMessage::Forward { ahead, .. } | RouteMessage::Backward { ahead, .. },
+            ) if !ahead.is_empty() => return Lie::Drop,
+            _ => return Lie::Honest,
         };
         let k = self.node.config().dht.k;
         let body = match body {
-            Request::Ping => return None,
+            Request::Ping => return Lie::Honest,
             Request::FindNode { target } => Response::Nodes {
                 closer: adv.near(target, k),
             },
@@ -199,11 +232,11 @@ impl SimPeer {
                 Response::Stored { result: Ok(()) }
             }
         };
-        Some(Message::Dht(DhtMessage::Response {
+        Lie::Answer(Box::new(Message::Dht(DhtMessage::Response {
             id: *id,
             body,
             position: None,
-        }))
+        })))
     }
 }
 
@@ -221,42 +254,27 @@ impl Protocol for SimPeer {
         };
         let sender = PeerId::from_bytes(id);
         let payload = &data[HEADER..];
-        match kind {
-            KIND_NODE => {
-                if self.adversary.is_some()
-                    && let Ok(msg) = wire::decode(payload)
-                    && let Some(answer) = self.lie(&msg)
-                {
+        if kind != KIND_NODE {
+            self.metrics.borrow_mut().malformed += 1;
+            return;
+        }
+        if self.adversary.is_some()
+            && let Ok(msg) = wire::decode(payload)
+        {
+            match self.lie(&msg) {
+                Lie::Honest => {}
+                Lie::Drop => return,
+                Lie::Answer(answer) => {
                     if let Ok(bytes) = wire::encode(&answer) {
                         self.out
                             .push_back((from, frame(KIND_NODE, &self.id, &bytes)));
                     }
                     return;
                 }
-                self.node
-                    .handle_datagram(now, sender, Addr::new(from.to_string()), payload);
             }
-            KIND_APP_REQUEST => {
-                if self.adversary.is_none() {
-                    self.out
-                        .push_back((from, frame(KIND_APP_RESPONSE, &self.id, payload)));
-                }
-            }
-            KIND_APP_RESPONSE => {
-                let Ok(req) = <[u8; 8]>::try_from(payload).map(u64::from_be_bytes) else {
-                    self.metrics.borrow_mut().malformed += 1;
-                    return;
-                };
-                if let Some(sent) = self.in_flight.remove(&req) {
-                    self.metrics.borrow_mut().response(
-                        req,
-                        now,
-                        now.saturating_duration_since(sent),
-                    );
-                }
-            }
-            _ => self.metrics.borrow_mut().malformed += 1,
         }
+        self.node
+            .handle_datagram(now, sender, Addr::new(from.to_string()), payload);
         self.pump(now);
     }
 
@@ -281,7 +299,9 @@ impl Protocol for SimPeer {
             },
             Command::Snapshot => {
                 let est = self.node.dht().size_estimate();
-                self.metrics.borrow_mut().size_estimates[self.index] = est;
+                let mut m = self.metrics.borrow_mut();
+                m.size_estimates[self.index] = est;
+                m.coordinates[self.index] = self.node.coordinates();
             }
         }
         self.pump(now);

@@ -69,6 +69,9 @@ pub struct RunOutput {
     pub msgs_per_level: [f64; 3],
     /// Services actually published (capped at the honest non-light peers).
     pub services: usize,
+    /// Median relative error of the peers' Vivaldi predictions against the latency model's
+    /// mean RTT, over random pairs of live peers (`None` without coordinates).
+    pub coords_median_error: Option<f64>,
 }
 
 /// Streams of the scenario's randomness.
@@ -110,6 +113,7 @@ struct World {
     events: UnboundedSender<()>,
     metrics: Rc<RefCell<Metrics>>,
     start: Instant,
+    strategy: beam_node::routing::Strategy,
 }
 
 impl World {
@@ -146,6 +150,7 @@ impl World {
         let events = self.events.clone();
         let addr = socket_addr(self.ips[host]);
         let start = self.start;
+        let strategy = self.strategy;
         self.handle.spawn(self.hosts[host], async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
@@ -161,7 +166,7 @@ impl World {
             let unix = UNIX_START + now.saturating_duration_since(start).as_secs();
             let mut node = Node::new(config, kp, node_seed, now, unix);
             node.bootstrap(now, contacts);
-            let peer = SimPeer::new(host, node, adversary, metrics);
+            let peer = SimPeer::new(host, node, adversary, metrics, strategy);
             drive(socket, peer, rx, events).await;
         });
     }
@@ -196,15 +201,6 @@ enum Action {
 
 /// Runs `scenario`; `progress` is called with the simulated seconds done and total.
 pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<RunOutput, RunError> {
-    if scenario.workload.strategy != Strategy::Direct {
-        return Err(RunError::Unsupported {
-            key: "workload.strategy",
-            problem: format!(
-                "`{}` routing is not built yet; only `direct` runs (the routing issue adds multi-hop and geographic)",
-                scenario.workload.strategy
-            ),
-        });
-    }
     if scenario.nat.fraction > 0.0 {
         return Err(RunError::Unsupported {
             key: "nat.fraction",
@@ -296,6 +292,11 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         events: events_tx,
         metrics: Rc::clone(&metrics),
         start,
+        strategy: match scenario.workload.strategy {
+            Strategy::Direct => beam_node::routing::Strategy::Direct,
+            Strategy::MultiHop => beam_node::routing::Strategy::MultiHop,
+            Strategy::Geographic => beam_node::routing::Strategy::Geographic,
+        },
     }));
 
     // Joins: the first honest server at 0, then everyone else in host order.
@@ -652,10 +653,33 @@ fn summarize_run(
         msgs_per_peer_s: total_msgs as f64 / n / secs,
         bytes_per_peer_s: total_bytes as f64 / n / secs,
     };
+    // Vivaldi against the model: 2,000 random pairs of live peers with coordinates.
+    let with_coords: Vec<usize> = (0..w.current.len())
+        .filter(|&i| w.current[i].is_some() && m.coordinates[i].is_some())
+        .collect();
+    let mut errors = vec![];
+    let mut pair_rng = rng(scenario.seed, Stream::Workload);
+    if with_coords.len() >= 2 {
+        for _ in 0..2000 {
+            let a = with_coords[pair_rng.random_range(0..with_coords.len())];
+            let b = with_coords[pair_rng.random_range(0..with_coords.len())];
+            if a == b {
+                continue;
+            }
+            let (Some(ca), Some(cb)) = (m.coordinates[a], m.coordinates[b]) else {
+                continue;
+            };
+            let predicted = beam_node::routing::score::predict_ms(&ca, &cb);
+            let actual = model.mean_rtt_ms(&placements[a], &placements[b]);
+            errors.push((predicted - actual).abs() / actual);
+        }
+    }
+    let coords_median_error = (!errors.is_empty()).then(|| metrics::median(&mut errors));
     RunOutput {
         row,
         msgs_per_level: per_level,
         services,
+        coords_median_error,
     }
 }
 

@@ -38,7 +38,7 @@ fn gate_over(sc: &Scenario, baseline: &[Row]) -> Vec<gate::Check> {
 
 #[test]
 fn the_true_baseline_passes_and_a_better_one_fails() {
-    let sc = small(0.02);
+    let sc = small(0.3);
     let truth = row(&sc);
     assert!(truth.routing_success < 0.99, "loss makes success imperfect");
     let checks = gate_over(&sc, std::slice::from_ref(&truth));

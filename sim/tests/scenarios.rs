@@ -43,22 +43,60 @@ fn a_small_network_reaches_its_services() {
 }
 
 #[test]
-fn message_loss_costs_requests() {
+fn retries_absorb_light_loss_and_heavy_loss_costs_requests() {
     let mut sc = Scenario::load(repo("scenarios/100-peers.toml")).expect("loads");
     sc.duration_s = 30;
     sc.faults.loss = 0.05;
-    let r = row(&sc);
-    // A request and its answer are two unrepeated datagrams: ~10 % of requests are lost.
-    assert!(r.routing_success < 0.95, "routing {}", r.routing_success);
-    assert!(r.routing_success > 0.8, "routing {}", r.routing_success);
+    let light = row(&sc);
+    // A request and its answer are two datagrams (~10 % of pairs lose one at 5 % loss); the
+    // router's second and third attempts recover nearly all of them.
+    assert!(
+        light.routing_success >= 0.99,
+        "routing {}",
+        light.routing_success
+    );
+    sc.faults.loss = 0.3;
+    let heavy = row(&sc);
+    assert!(
+        heavy.routing_success < 0.95,
+        "routing {}",
+        heavy.routing_success
+    );
 }
 
 #[test]
-fn strategies_not_built_yet_are_refused_by_name() {
+fn relayed_strategies_work_and_geographic_stays_near_the_direct_path() {
     let mut sc = Scenario::load(repo("scenarios/100-peers.toml")).expect("loads");
+    sc.duration_s = 20;
     sc.workload.strategy = sim::scenario::Strategy::Geographic;
+    let geo = row(&sc);
+    assert!(
+        geo.routing_success >= 0.999,
+        "routing {}",
+        geo.routing_success
+    );
+    sc.workload.strategy = sim::scenario::Strategy::MultiHop;
+    let multi = row(&sc);
+    assert!(
+        multi.routing_success >= 0.999,
+        "routing {}",
+        multi.routing_success
+    );
+    // Two random relays cost more than one chosen for the path.
+    assert!(
+        geo.stretch_p50 < multi.stretch_p50,
+        "{} vs {}",
+        geo.stretch_p50,
+        multi.stretch_p50
+    );
+}
+
+#[test]
+fn models_not_built_yet_are_refused_by_name() {
+    let mut sc = Scenario::load(repo("scenarios/100-peers.toml")).expect("loads");
+    sc.nat.fraction = 0.3;
     let err = run::run(&sc, |_, _| {}).expect_err("refused").to_string();
-    assert!(err.contains("workload.strategy"), "{err}");
+    assert!(err.contains("nat.fraction"), "{err}");
 }
 
 #[test]

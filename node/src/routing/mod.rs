@@ -190,9 +190,9 @@ enum Phase {
     /// Direct: the request is out.
     Sent,
     /// Relayed: waiting for message 2.
-    Handshaking(Initiator),
+    Handshaking(Box<Initiator>),
     /// Relayed: request sent in message 3; the session opens the answer.
-    Open(Session),
+    Open(Box<Session>),
 }
 
 struct Attempt {
@@ -401,7 +401,10 @@ impl Router {
             };
             let seed: [u8; 32] = self.rng.random();
             match Initiator::start(&self.static_key, &key, seed) {
-                Ok((init, msg1)) => (Phase::Handshaking(init), encode(&RouteData::Hello(msg1))),
+                Ok((init, msg1)) => (
+                    Phase::Handshaking(Box::new(init)),
+                    encode(&RouteData::Hello(msg1)),
+                ),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot start an end-to-end handshake");
                     (Phase::Sent, None)
@@ -633,7 +636,7 @@ impl Router {
                 });
                 match first.map(|f| init.finish(&msg2, &f)) {
                     Some(Ok((session, msg3))) => {
-                        attempt.phase = Phase::Open(session);
+                        attempt.phase = Phase::Open(Box::new(session));
                         attempt.sent = now;
                         if let Some(data) = encode(&RouteData::Finish(msg3)) {
                             let relays = attempt.relays.clone();

@@ -154,9 +154,10 @@ pub fn choose(
 
 #[cfg(test)]
 mod tests {
+    use super::Strategy;
     use super::*;
     use crate::record::Addr;
-    use proptest::prelude::*;
+    use proptest::prelude::{Just, any, prop_assert, prop_oneof, proptest};
     use rand::SeedableRng;
 
     fn cand(i: u8, x: f32, relays: bool, alive: bool, success: f64) -> Candidate {
