@@ -1,7 +1,7 @@
 //! [`Node`]: the protocol core of one peer, composing the DHT (and, as they land, gossip,
 //! coordinates and routing) behind one calling contract.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
@@ -27,7 +27,25 @@ pub struct NodeConfig {
     pub dht: DhtConfig,
     /// The router's settings (`relay` is derived from `participation`).
     pub router: RouterConfig,
+    /// Whether others can dial this node (false behind a NAT: it then asks but does not
+    /// answer DHT queries, relays nothing, and publishes its services through relays).
+    pub reachable: bool,
 }
+
+impl NodeConfig {
+    /// The settings of a node behind a NAT that cannot be dialled.
+    pub fn behind_nat(mut self) -> Self {
+        self.reachable = false;
+        self.dht.server = false;
+        self.router.relay = false;
+        self
+    }
+}
+
+/// How often a node behind a NAT pings its relays to keep its mappings open.
+pub const NAT_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Relays a node behind a NAT lists in its service record.
+pub const NAT_RELAYS: usize = 2;
 
 impl NodeConfig {
     /// The production settings for a participation level.
@@ -48,6 +66,7 @@ impl NodeConfig {
             participation,
             dht,
             router,
+            reachable: true,
         }
     }
 }
@@ -130,6 +149,9 @@ pub struct Node {
     positions: BTreeMap<PeerId, Position>,
     vivaldi: Vivaldi,
     vivaldi_rng: ChaCha8Rng,
+    /// Behind a NAT: the relays named in our service record, and when to ping them next.
+    nat_relays: Vec<Contact>,
+    next_keepalive: Option<Instant>,
     stats: NodeStats,
 }
 
@@ -165,6 +187,8 @@ impl Node {
             positions: BTreeMap::new(),
             vivaldi: Vivaldi::new(VivaldiConfig::default()),
             vivaldi_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6a09_e667_f3bc_c908),
+            nat_relays: vec![],
+            next_keepalive: None,
             stats: NodeStats::default(),
         }
     }
@@ -220,6 +244,14 @@ impl Node {
             Publish::Service(mut s) => {
                 s.noise_key = Some(self.noise_key);
                 s.coordinates = s.coordinates.or(self.coordinates());
+                if !self.config.reachable {
+                    // Behind a NAT: name the relays we keep open, nearest in the table first.
+                    let me = self.peer_id().key();
+                    self.nat_relays = self.dht.table().closest(&me, NAT_RELAYS);
+                    s.reachable = false;
+                    s.relays = self.nat_relays.clone();
+                    self.keepalive(now);
+                }
                 Publish::Service(s)
             }
             other => other,
@@ -256,6 +288,8 @@ impl Node {
                 addr: endpoint.clone(),
             },
             noise_key: record.noise_key,
+            relays: record.relays.clone(),
+            reachable: record.reachable,
             coords: self
                 .positions
                 .get(&record.peer)
@@ -280,6 +314,13 @@ impl Node {
         let own = self.coordinates();
         self.router
             .request(now, target, strategy, body, candidates, own)
+    }
+
+    fn keepalive(&mut self, now: Instant) {
+        for c in self.nat_relays.clone() {
+            self.dht.ping(now, c);
+        }
+        self.next_keepalive = (!self.nat_relays.is_empty()).then_some(now + NAT_KEEPALIVE);
     }
 
     /// Answers a request this node received as a service ([`RouteEvent::Request`]).
@@ -329,6 +370,9 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.dht.handle_timeout(now);
         self.router.handle_timeout(now);
+        if self.next_keepalive.is_some_and(|t| t <= now) {
+            self.keepalive(now);
+        }
         self.absorb_rtt_samples();
     }
 
@@ -392,9 +436,13 @@ impl Node {
     /// When [`handle_timeout`](Node::handle_timeout) must next be called: the earliest of the
     /// parts' timeouts.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.dht.poll_timeout(), self.router.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.dht.poll_timeout(),
+            self.router.poll_timeout(),
+            self.next_keepalive,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }

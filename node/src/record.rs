@@ -84,8 +84,12 @@ pub struct ServiceRecord {
     pub tor_address: Option<String>,
     /// Where the service can be dialled directly.
     pub endpoints: Vec<Addr>,
-    /// Relays through which the service can be reached when it cannot be dialled.
-    pub relays: Vec<PeerId>,
+    /// Relays through which the service can be reached when it cannot be dialled: peers it
+    /// keeps a connection to (so they can reach it through its NAT).
+    pub relays: Vec<crate::wire::Contact>,
+    /// Whether the endpoints accept connections from anyone (false behind a NAT: a client
+    /// must hole-punch through one of `relays`, or route through it).
+    pub reachable: bool,
     /// The service's network coordinates, for latency prediction.
     pub coordinates: Option<Coordinates>,
     /// The owner's participation level.
@@ -251,6 +255,7 @@ impl Record {
                 if b.endpoints.len() > MAX_ENDPOINTS
                     || b.relays.len() > MAX_RELAYS
                     || b.endpoints.iter().any(|a| a.0.len() > MAX_ADDR_LEN)
+                    || b.relays.iter().any(|c| c.addr.0.len() > MAX_ADDR_LEN)
                     || b.tor_address
                         .as_ref()
                         .is_some_and(|t| t.len() > MAX_TOR_ADDRESS_LEN)
@@ -325,6 +330,7 @@ pub(crate) mod tests {
             tor_address: None,
             endpoints: vec![Addr::new("/ip4/127.0.0.1/udp/4000/quic-v1")],
             relays: vec![],
+            reachable: true,
             coordinates: Some(Coordinates {
                 x: 1.0,
                 y: 2.0,

@@ -450,6 +450,7 @@ fn service_template() -> crate::record::ServiceRecord {
         tor_address: None,
         endpoints: vec![Addr::new("/ip4/127.0.0.1/udp/9/quic-v1")],
         relays: vec![],
+        reachable: true,
         coordinates: None,
         participation: Participation::Routing,
         noise_key: None,

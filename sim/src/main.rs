@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sim::report::{self, Row};
-use sim::scenario::Scenario;
+use sim::scenario::{Scenario, Strategy};
 use sim::{gate, latency, run};
 
 #[derive(Parser)]
@@ -22,7 +22,7 @@ use sim::{gate, latency, run};
                   The same seed gives byte-identical rows. Wall time and peak memory go to stderr.",
     args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  cargo run --release -p sim -- scenarios/100-peers.toml\n  \
-                  cargo run --release -p sim -- scenarios/*-peers.toml --out reports/scaling.csv --plot reports/scaling.svg\n  \
+                  cargo run --release -p sim -- scenarios/*-peers.toml --strategy direct --strategy geographic --out reports/scaling.csv\n  \
                   cargo run --release -p sim -- gate scenarios/ci reports/baseline.csv\n  \
                   cargo run --release -p sim -- latency 38.9,-77.0 53.3,-6.3"
 )]
@@ -37,6 +37,10 @@ struct Cli {
     /// Also draw latency and routing success against network size as an SVG chart.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Run every scenario once per strategy given here, overriding its `workload.strategy`
+    /// (direct, multi-hop, geographic; repeat the flag for several).
+    #[arg(long, value_name = "STRATEGY")]
+    strategy: Vec<Strategy>,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +91,7 @@ fn run_one(sc: &Scenario) -> Result<Row> {
     eprintln!(
         "{}: {} peers, {} services, {} requests, routing {:.3} %, lookup {:.3} %; \
          msgs/peer/s light {:.2} routing {:.2} full {:.2}; coordinates median error {}; \
+         hole punches {}/{}; \
          wall {:.1} s, peak RSS {} MiB",
         sc.name,
         sc.peers,
@@ -99,6 +104,8 @@ fn run_one(sc: &Scenario) -> Result<Row> {
         out.msgs_per_level[2],
         out.coords_median_error
             .map_or("-".into(), |e| format!("{:.1} %", e * 100.0)),
+        out.punches.1,
+        out.punches.0,
         started.elapsed().as_secs_f64(),
         run::peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}")),
     );
@@ -181,7 +188,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut rows = vec![];
             for sc in &scenarios {
-                rows.push(run_one(sc)?);
+                if cli.strategy.is_empty() {
+                    rows.push(run_one(sc)?);
+                }
+                for s in &cli.strategy {
+                    let mut sc = sc.clone();
+                    sc.workload.strategy = *s;
+                    rows.push(run_one(&sc)?);
+                }
             }
             match &cli.out {
                 Some(path) => {

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub size_estimates: Vec<Option<f64>>,
     /// Network coordinates collected at the end, per host.
     pub coordinates: Vec<Option<beam_node::record::Coordinates>>,
+    /// Hole punches started and succeeded, summed over peers at the end.
+    pub punches: (u64, u64),
     /// Datagrams that were not a valid frame.
     pub malformed: u64,
     /// Node transmits whose address was not `ip:port` or that did not encode.
@@ -60,6 +62,7 @@ impl Metrics {
             bytes: vec![0; hosts],
             size_estimates: vec![None; hosts],
             coordinates: vec![None; hosts],
+            punches: (0, 0),
             malformed: 0,
             unsendable: 0,
         }

@@ -302,6 +302,9 @@ impl Protocol for SimPeer {
                 let mut m = self.metrics.borrow_mut();
                 m.size_estimates[self.index] = est;
                 m.coordinates[self.index] = self.node.coordinates();
+                let r = self.node.router().stats();
+                m.punches.0 += r.punches;
+                m.punches.1 += r.punches_succeeded;
             }
         }
         self.pump(now);

@@ -72,6 +72,8 @@ pub struct RunOutput {
     /// Median relative error of the peers' Vivaldi predictions against the latency model's
     /// mean RTT, over random pairs of live peers (`None` without coordinates).
     pub coords_median_error: Option<f64>,
+    /// Hole punches started and succeeded (by live peers, whole run).
+    pub punches: (u64, u64),
 }
 
 /// Streams of the scenario's randomness.
@@ -106,6 +108,8 @@ struct World {
     ips: Vec<std::net::IpAddr>,
     roles: Vec<Participation>,
     adversary: Vec<bool>,
+    /// Behind a NAT (cannot be dialled).
+    nat: Vec<bool>,
     adversaries: Rc<Adversaries>,
     /// The peer currently on each host (None: dead).
     current: Vec<Option<PeerId>>,
@@ -144,7 +148,10 @@ impl World {
         let (tx, rx) = unbounded_channel();
         self.senders[host] = Some(tx);
         self.current[host] = Some(kp.peer_id());
-        let config = NodeConfig::new(self.roles[host]);
+        let mut config = NodeConfig::new(self.roles[host]);
+        if self.nat[host] {
+            config = config.behind_nat();
+        }
         let adversary = self.adversary[host].then(|| Rc::clone(&self.adversaries));
         let metrics = Rc::clone(&self.metrics);
         let events = self.events.clone();
@@ -201,13 +208,6 @@ enum Action {
 
 /// Runs `scenario`; `progress` is called with the simulated seconds done and total.
 pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<RunOutput, RunError> {
-    if scenario.nat.fraction > 0.0 {
-        return Err(RunError::Unsupported {
-            key: "nat.fraction",
-            problem: "NAT is not modelled yet (it comes with relaying in the routing issue); use 0"
-                .into(),
-        });
-    }
     let n = scenario.peers;
     let seed = scenario.seed;
     let model = LatencyModel::default();
@@ -230,8 +230,22 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     for &i in &servers[..n_adv] {
         adversary[i] = true;
     }
-    let honest_servers: Vec<usize> = servers[n_adv..].to_vec();
-    let mut service_hosts = honest_servers.clone();
+    // NAT: a share of all peers, drawn independently of roles; a NAT'ed peer cannot be a DHT
+    // server or relay (it cannot be dialled), so it runs in client mode whatever its level.
+    let mut nat = vec![false; n];
+    let mut all: Vec<usize> = (0..n).collect();
+    all.shuffle(&mut role_rng);
+    let n_nat = (scenario.nat.fraction * n as f64).round() as usize;
+    for &i in all.iter().filter(|&&i| !adversary[i]).take(n_nat) {
+        nat[i] = true;
+    }
+    // Services are published by honest non-light peers, behind a NAT or not.
+    let mut service_hosts: Vec<usize> = servers[n_adv..].to_vec();
+    let honest_servers: Vec<usize> = servers[n_adv..]
+        .iter()
+        .copied()
+        .filter(|&i| !nat[i])
+        .collect();
     service_hosts.shuffle(&mut role_rng);
     service_hosts.truncate(scenario.workload.services);
     service_hosts.sort_unstable();
@@ -264,6 +278,18 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         let placements = Rc::clone(&placements);
         let model = model.clone();
         let mut rng = rng(seed, Stream::Network);
+        let nat = nat.clone();
+        let punch_success = scenario.nat.punch_success;
+        // NAT mappings: (host behind the NAT, remote) pairs it has sent to. A NAT'ed host
+        // receives only from remotes it has sent to; between two NAT'ed hosts that works only
+        // for the share `punch_success` of pairs (the rest have NATs a punch cannot open).
+        let mut mappings: std::collections::BTreeSet<(u32, u32)> =
+            std::collections::BTreeSet::new();
+        let punchable = move |a: usize, b: usize| {
+            let (lo, hi) = (a.min(b) as u64, a.max(b) as u64);
+            let mut h = ChaCha8Rng::seed_from_u64(seed ^ (lo << 32) ^ hi);
+            h.random_bool(punch_success)
+        };
         net.set_rule(move |p: &Packet| {
             let (Some(a), Some(b)) = (host_index(p.src), host_index(p.dst)) else {
                 return Verdict::Drop;
@@ -271,6 +297,13 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             let (Some(pa), Some(pb)) = (placements.get(a), placements.get(b)) else {
                 return Verdict::Drop;
             };
+            if nat[a] {
+                mappings.insert((a as u32, b as u32));
+            }
+            if nat[b] && (!mappings.contains(&(b as u32, a as u32)) || (nat[a] && !punchable(a, b)))
+            {
+                return Verdict::Drop;
+            }
             if loss > 0.0 && rng.random_bool(loss) {
                 return Verdict::Drop;
             }
@@ -286,6 +319,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         hosts,
         roles: roles.clone(),
         adversary: adversary.clone(),
+        nat: nat.clone(),
         adversaries: Rc::new(Adversaries { sorted: adv_sorted }),
         current: vec![None; n],
         senders: vec![None; n],
@@ -332,7 +366,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                         addr: Addr::new(socket_addr(w.ips[s]).to_string()),
                     })
                     .collect();
-                if roles[host].is_server() && !adversary[host] {
+                if roles[host].is_server() && !adversary[host] && !nat[host] {
                     joined_servers.push(host);
                 }
                 w.start_peer(
@@ -432,6 +466,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                                 tor_address: None,
                                 endpoints: vec![Addr::new(socket_addr(w.ips[h]).to_string())],
                                 relays: vec![],
+                                reachable: !w.nat[h],
                                 coordinates: None,
                                 participation: roles[h],
                                 noise_key: None,
@@ -588,7 +623,7 @@ fn summarize_run(
     // Size estimate: against the live DHT servers (light peers are not in routing tables, so
     // the DHT cannot count them; the estimate is of the servers).
     let live_servers = (0..w.current.len())
-        .filter(|&i| w.current[i].is_some() && w.roles[i].is_server())
+        .filter(|&i| w.current[i].is_some() && w.roles[i].is_server() && !w.nat[i])
         .count() as f64;
     let mut err = 0.0;
     let mut counted = 0usize;
@@ -680,6 +715,7 @@ fn summarize_run(
         msgs_per_level: per_level,
         services,
         coords_median_error,
+        punches: m.punches,
     }
 }
 

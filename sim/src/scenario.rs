@@ -679,12 +679,11 @@ mod tests {
             assert_eq!(s.name, file.trim_end_matches(".toml"));
             assert_eq!(s.seed, 42);
             assert_eq!((s.warmup_s, s.duration_s), (60, 120));
-            // Direct until the routing strategies are built (the runner refuses the others).
-            assert_eq!(s.workload.strategy, Strategy::Direct);
+            assert_eq!(s.workload.strategy, Strategy::Geographic);
             assert_eq!(s.workload.services, 100);
             assert_eq!(s.faults, Faults::default());
             assert_eq!(s.churn.mean_session_s, 0.0);
-            assert_eq!(s.nat.fraction, 0.0);
+            assert_eq!(s.nat.fraction, 0.3);
             let mut normalized = s.clone();
             normalized.peers = 0;
             normalized.name = String::new();

@@ -491,6 +491,12 @@ impl Dht {
         Ok(id)
     }
 
+    /// Pings `contact` (a liveness check; behind a NAT it also keeps the mapping open so that
+    /// the peer can reach this node).
+    pub fn ping(&mut self, now: Instant, contact: Contact) {
+        self.send_request(now, contact, Request::Ping, Purpose::Ping);
+    }
+
     /// Stops republishing the record under `key`; holders drop it when it expires.
     pub fn unpublish(&mut self, key: &Key) -> bool {
         self.owned.remove(key).is_some()

@@ -89,6 +89,10 @@ pub struct Target {
     pub noise_key: Option<[u8; 32]>,
     /// Its coordinates, if known.
     pub coords: Option<Coordinates>,
+    /// Relays it keeps open (from the record), for when it cannot be dialled.
+    pub relays: Vec<Contact>,
+    /// Whether it can be dialled directly.
+    pub reachable: bool,
 }
 
 /// How to answer a request (handed to the service with [`RouteEvent::Request`]).
@@ -157,6 +161,10 @@ pub struct RouterStats {
     pub bad_frames: u64,
     /// Attempts that timed out.
     pub attempts_timed_out: u64,
+    /// Hole punches started (to services behind a NAT).
+    pub punches: u64,
+    /// Hole punches that opened a direct path.
+    pub punches_succeeded: u64,
 }
 
 /// What travels in a route frame's `data`.
@@ -172,6 +180,10 @@ enum RouteData {
     Finish(Vec<u8>),
     /// A sealed payload.
     Sealed(Vec<u8>),
+    /// Hole punch, client → service through the service's relay: "probe me".
+    Punch,
+    /// Hole punch probe, sent directly in both directions; opens the NATs' mappings.
+    Probe,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -187,6 +199,8 @@ fn encode<T: Serialize>(v: &T) -> Option<Vec<u8>> {
 }
 
 enum Phase {
+    /// Hole punching: waiting for the service's probe.
+    Punching,
     /// Direct: the request is out.
     Sent,
     /// Relayed: waiting for message 2.
@@ -214,6 +228,8 @@ struct Outgoing {
     attempts: u8,
     deadline: Instant,
     current: Option<Attempt>,
+    /// A hole punch for this request was tried and did not work.
+    punch_failed: bool,
 }
 
 /// The routing state machine: see the module docs.
@@ -230,6 +246,8 @@ pub struct Router {
     /// Insertion order of `handshakes` and `sessions` keys, for eviction.
     session_order: VecDeque<(PeerId, u64)>,
     trust: BTreeMap<PeerId, Trust>,
+    /// Services behind a NAT that a hole punch reached (bounded).
+    punched: BTreeSet<PeerId>,
     relay_window: (Instant, u32),
     transmits: VecDeque<(Contact, RouteMessage)>,
     events: VecDeque<RouteEvent>,
@@ -267,6 +285,7 @@ impl Router {
             sessions: BTreeMap::new(),
             session_order: VecDeque::new(),
             trust: BTreeMap::new(),
+            punched: BTreeSet::new(),
             relay_window: (now, 0),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -321,6 +340,7 @@ impl Router {
                 attempts: 0,
                 deadline: now + self.config.request_timeout,
                 current: None,
+                punch_failed: false,
             },
         );
         self.attempt(now, id);
@@ -376,20 +396,59 @@ impl Router {
             return;
         }
         out.attempts += 1;
-        let relays = score::choose(
-            out.strategy,
-            &out.candidates,
-            &self.local,
-            &out.target.contact.peer,
-            out.own_coords.as_ref(),
-            out.target.coords.as_ref(),
-            &out.excluded,
-            self.config.multi_hop_relays,
-            &mut self.rng,
-        );
+        let service = out.target.contact.peer;
+        // A service behind a NAT: a hole punch first (unless one failed for this request),
+        // direct once punched, otherwise through one of the relays it keeps open.
+        let mut punch = false;
+        let relays = if out.target.reachable || self.punched.contains(&service) {
+            score::choose(
+                if out.target.reachable {
+                    out.strategy
+                } else {
+                    Strategy::Direct
+                },
+                &out.candidates,
+                &self.local,
+                &service,
+                out.own_coords.as_ref(),
+                out.target.coords.as_ref(),
+                &out.excluded,
+                self.config.multi_hop_relays,
+                &mut self.rng,
+            )
+        } else {
+            let usable: Vec<&Contact> = out
+                .target
+                .relays
+                .iter()
+                .filter(|r| !out.excluded.contains(&r.peer) && r.peer != self.local)
+                .collect();
+            let pick = usable
+                .get(usize::from(out.attempts - 1) % usable.len().max(1))
+                .or(out.target.relays.first().as_ref())
+                .map(|c| (*c).clone());
+            punch = !out.punch_failed && pick.is_some();
+            pick.into_iter().collect()
+        };
         let route = self.rng.next_u64();
         let deadline = (now + self.config.attempt_timeout).min(out.deadline);
-        let (phase, data) = if relays.is_empty() {
+        let (phase, data) = if punch {
+            // Our own probe opens our mapping; the Punch through the relay asks the service
+            // to probe us, which opens its own.
+            if let Some(probe) = encode(&RouteData::Probe) {
+                self.transmits.push_back((
+                    out.target.contact.clone(),
+                    RouteMessage::Forward {
+                        route,
+                        ahead: vec![],
+                        behind: vec![],
+                        data: probe,
+                    },
+                ));
+            }
+            self.stats.punches += 1;
+            (Phase::Punching, encode(&RouteData::Punch))
+        } else if relays.is_empty() {
             let payload = Payload::Request {
                 id: route,
                 body: out.body.clone(),
@@ -601,11 +660,61 @@ impl Router {
                     Err(_) => self.stats.bad_frames += 1,
                 }
             }
+            RouteData::Punch => {
+                if let (Some(client), Some(probe)) = (behind.first(), encode(&RouteData::Probe)) {
+                    self.transmits.push_back((
+                        client.clone(),
+                        RouteMessage::Forward {
+                            route,
+                            ahead: vec![],
+                            behind: vec![],
+                            data: probe,
+                        },
+                    ));
+                }
+            }
+            RouteData::Probe => self.punch_answered(now, route),
             RouteData::Sealed(_)
             | RouteData::HelloAck(_)
             | RouteData::Plain(Payload::Response { .. }) => self.stats.bad_frames += 1,
         }
-        let _ = now;
+    }
+
+    /// The service's probe arrived: the hole is punched; send the request directly.
+    fn punch_answered(&mut self, now: Instant, route: u64) {
+        let Some(&id) = self.routes.get(&route) else {
+            return; // the client's own probe, arriving at the service: nothing to do
+        };
+        let Some(out) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let Some(attempt) = out.current.as_mut() else {
+            return;
+        };
+        if !matches!(attempt.phase, Phase::Punching) {
+            return;
+        }
+        self.stats.punches_succeeded += 1;
+        self.punched.insert(out.target.contact.peer);
+        if self.punched.len() > self.config.max_trust_entries {
+            self.punched.pop_first();
+        }
+        for r in &attempt.relays {
+            if let Some(t) = self.trust.get_mut(&r.peer) {
+                t.load = t.load.saturating_sub(1);
+            }
+        }
+        attempt.relays.clear();
+        attempt.phase = Phase::Sent;
+        attempt.sent = now;
+        let payload = Payload::Request {
+            id: route,
+            body: out.body.clone(),
+        };
+        if let Some(data) = encode(&RouteData::Plain(payload)) {
+            let target = out.target.contact.clone();
+            self.send_forward(route, &[], &target, data);
+        }
     }
 
     fn at_client(&mut self, now: Instant, route: u64, data: &[u8]) {
@@ -697,6 +806,10 @@ impl Router {
                 && let Some(a) = &out.current
             {
                 self.stats.attempts_timed_out += 1;
+                if matches!(a.phase, Phase::Punching) {
+                    // The punch failed (or its relay is gone): route through a relay next.
+                    out.punch_failed = true;
+                }
                 for r in &a.relays {
                     out.excluded.insert(r.peer);
                     let t = self.trust.entry(r.peer).or_default();
