@@ -43,9 +43,9 @@ impl NodeConfig {
 }
 
 /// How often a node behind a NAT pings its relays to keep its mappings open.
-pub const NAT_KEEPALIVE: Duration = Duration::from_secs(30);
+pub const NAT_KEEPALIVE: Duration = Duration::from_secs(10);
 /// Relays a node behind a NAT lists in its service record.
-pub const NAT_RELAYS: usize = 2;
+pub const NAT_RELAYS: usize = 3;
 
 impl NodeConfig {
     /// The production settings for a participation level.
@@ -152,6 +152,12 @@ pub struct Node {
     /// Behind a NAT: the relays named in our service record, and when to ping them next.
     nat_relays: Vec<Contact>,
     next_keepalive: Option<Instant>,
+    /// The service record published behind a NAT, to republish when a relay is lost.
+    nat_service: Option<ServiceRecord>,
+    /// Relays that failed a relay check: never listed again.
+    bad_relays: std::collections::BTreeSet<PeerId>,
+    /// The time of the latest input (for work that follows an event).
+    last_now: Option<Instant>,
     stats: NodeStats,
 }
 
@@ -189,6 +195,9 @@ impl Node {
             vivaldi_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6a09_e667_f3bc_c908),
             nat_relays: vec![],
             next_keepalive: None,
+            nat_service: None,
+            bad_relays: std::collections::BTreeSet::new(),
+            last_now: None,
             stats: NodeStats::default(),
         }
     }
@@ -245,11 +254,11 @@ impl Node {
                 s.noise_key = Some(self.noise_key);
                 s.coordinates = s.coordinates.or(self.coordinates());
                 if !self.config.reachable {
-                    // Behind a NAT: name the relays we keep open, nearest in the table first.
-                    let me = self.peer_id().key();
-                    self.nat_relays = self.dht.table().closest(&me, NAT_RELAYS);
+                    // Behind a NAT: name the relays we keep open.
+                    self.nat_relays = self.pick_relays();
                     s.reachable = false;
                     s.relays = self.nat_relays.clone();
+                    self.nat_service = Some(s.clone());
                     self.keepalive(now);
                 }
                 Publish::Service(s)
@@ -316,11 +325,61 @@ impl Node {
             .request(now, target, strategy, body, candidates, own)
     }
 
+    /// The best relays for a node behind a NAT: the nearest in the table (in XOR distance,
+    /// which spreads the load) that have not failed a relay check.
+    fn pick_relays(&self) -> Vec<Contact> {
+        let me = self.peer_id().key();
+        self.dht
+            .table()
+            .closest(&me, NAT_RELAYS + self.bad_relays.len())
+            .into_iter()
+            .filter(|c| !self.bad_relays.contains(&c.peer))
+            .take(NAT_RELAYS)
+            .collect()
+    }
+
+    /// Behind a NAT: ping the relays (keeping the mappings open), check that they forward,
+    /// and replace — and republish without — any that left the table or failed a check.
     fn keepalive(&mut self, now: Instant) {
+        let lost = self
+            .nat_relays
+            .iter()
+            .any(|r| !self.dht.table().contains(&r.peer) || self.bad_relays.contains(&r.peer));
+        if lost {
+            self.replace_relays(now);
+        }
+        let me = self
+            .nat_service
+            .as_ref()
+            .and_then(|s| s.endpoints.first().cloned())
+            .map(|addr| Contact {
+                peer: self.peer_id(),
+                addr,
+            });
         for c in self.nat_relays.clone() {
-            self.dht.ping(now, c);
+            self.dht.ping(now, c.clone());
+            if let Some(me) = &me {
+                self.router.check_relay(now, c, me.clone());
+            }
         }
         self.next_keepalive = (!self.nat_relays.is_empty()).then_some(now + NAT_KEEPALIVE);
+    }
+
+    fn replace_relays(&mut self, now: Instant) {
+        let Some(s) = self.nat_service.clone() else {
+            return;
+        };
+        let fresh = self.pick_relays();
+        if fresh.is_empty() || fresh == self.nat_relays {
+            return;
+        }
+        self.nat_relays = fresh;
+        let s = ServiceRecord {
+            relays: self.nat_relays.clone(),
+            ..s
+        };
+        let _ = self.dht.publish(now, Publish::Service(s.clone()));
+        self.nat_service = Some(s);
     }
 
     /// Answers a request this node received as a service ([`RouteEvent::Request`]).
@@ -352,6 +411,7 @@ impl Node {
 
     /// A decoded message from `from`, reachable at `addr`.
     pub fn handle_message(&mut self, now: Instant, from: PeerId, addr: Addr, msg: Message) {
+        self.last_now = Some(now);
         self.stats.messages_in += 1;
         match msg {
             Message::Dht(m) => self.dht.handle_message(now, from, addr, m),
@@ -368,6 +428,7 @@ impl Node {
 
     /// Call when [`poll_timeout`](Node::poll_timeout) is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = Some(now);
         self.dht.handle_timeout(now);
         self.router.handle_timeout(now);
         if self.next_keepalive.is_some_and(|t| t <= now) {
@@ -430,7 +491,23 @@ impl Node {
         if let Some(e) = self.dht.poll_event() {
             return Some(Event::Dht(e));
         }
-        self.router.poll_event().map(Event::Route)
+        loop {
+            match self.router.poll_event()? {
+                RouteEvent::RelayChecked { relay, ok } => {
+                    if !ok && self.nat_relays.iter().any(|r| r.peer == relay) {
+                        self.bad_relays.insert(relay);
+                        if self.bad_relays.len() > MAX_POSITIONS {
+                            self.bad_relays.pop_first();
+                        }
+                        // Replace it now: clients must stop being sent to it.
+                        if let Some(now) = self.last_now {
+                            self.replace_relays(now);
+                        }
+                    }
+                }
+                e => return Some(Event::Route(e)),
+            }
+        }
     }
 
     /// When [`handle_timeout`](Node::handle_timeout) must next be called: the earliest of the

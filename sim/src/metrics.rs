@@ -27,6 +27,9 @@ pub struct RequestRecord {
     pub lookup: Option<(bool, QueryStats)>,
     /// When the answer arrived, and the round-trip time of the request itself.
     pub answer: Option<(Instant, Duration)>,
+    /// The client left (churn, kill) before the request's deadline: the request is not
+    /// counted, as nobody was left to receive the answer.
+    pub client_left: bool,
 }
 
 /// Everything measured in a run.

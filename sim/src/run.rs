@@ -131,7 +131,10 @@ impl World {
     fn honest_servers_alive(&self) -> Vec<usize> {
         (0..self.hosts.len())
             .filter(|&i| {
-                self.current[i].is_some() && self.roles[i].is_server() && !self.adversary[i]
+                self.current[i].is_some()
+                    && self.roles[i].is_server()
+                    && !self.adversary[i]
+                    && !self.nat[i]
             })
             .collect()
     }
@@ -146,6 +149,18 @@ impl World {
         contacts: Vec<Contact>,
     ) {
         let (tx, rx) = unbounded_channel();
+        if std::env::var("BEAM_SIM_TRACE_HOST")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(host)
+        {
+            eprintln!(
+                "start_peer {host} {} at {:?} delay {delay:?} alive-before {}",
+                kp.peer_id().short(),
+                driver::now(),
+                self.current[host].is_some()
+            );
+        }
         self.senders[host] = Some(tx);
         self.current[host] = Some(kp.peer_id());
         let mut config = NodeConfig::new(self.roles[host]);
@@ -165,7 +180,7 @@ impl World {
             let socket = match turmoil_net::shim::tokio::net::UdpSocket::bind(addr).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(host, error = %e, "cannot bind the simulated socket");
+                    eprintln!("host {host}: cannot bind the simulated socket: {e}");
                     return;
                 }
             };
@@ -179,6 +194,20 @@ impl World {
     }
 
     fn kill(&mut self, host: usize) {
+        if std::env::var("BEAM_SIM_TRACE_HOST")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(host)
+        {
+            eprintln!("kill {host} at {:?}", driver::now());
+        }
+        // Requests this peer is waiting for can no longer be answered to anyone.
+        let now = driver::now();
+        for r in self.metrics.borrow_mut().requests.values_mut() {
+            if r.client == host && r.answer.is_none() && now < r.start + REQUEST_DEADLINE {
+                r.client_left = true;
+            }
+        }
         self.handle.kill(self.hosts[host]);
         self.current[host] = None;
         self.senders[host] = None;
@@ -290,6 +319,9 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             let mut h = ChaCha8Rng::seed_from_u64(seed ^ (lo << 32) ^ hi);
             h.random_bool(punch_success)
         };
+        let trace_host: Option<usize> = std::env::var("BEAM_SIM_TRACE_HOST")
+            .ok()
+            .and_then(|v| v.parse().ok());
         net.set_rule(move |p: &Packet| {
             let (Some(a), Some(b)) = (host_index(p.src), host_index(p.dst)) else {
                 return Verdict::Drop;
@@ -297,6 +329,16 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             let (Some(pa), Some(pb)) = (placements.get(a), placements.get(b)) else {
                 return Verdict::Drop;
             };
+            if let Some(t) = trace_host
+                && (a == t || b == t)
+            {
+                eprintln!(
+                    "packet {a} -> {b} nat {} {} mapped {}",
+                    nat[a],
+                    nat[b],
+                    mappings.contains(&(b as u32, a as u32))
+                );
+            }
             if nat[a] {
                 mappings.insert((a as u32, b as u32));
             }
@@ -353,19 +395,20 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             node_seeds.clone(),
         );
         net.spawn_local(async move {
-            let mut w = world.borrow_mut();
+            let base = tokio::time::Instant::now();
             let mut joined_servers: Vec<usize> = vec![];
             for (rank, &host) in order.iter().enumerate() {
-                let mut pool = joined_servers.clone();
-                pool.shuffle(&mut join_rng);
-                let contacts: Vec<Contact> = pool
+                tokio::time::sleep_until(base + spacing * rank as u32).await;
+                let mut w = world.borrow_mut();
+                // Bootstrap contacts: servers that joined before and are still there.
+                let mut pool: Vec<usize> = joined_servers
                     .iter()
-                    .take(3)
-                    .map(|&s| Contact {
-                        peer: keys[s].peer_id(),
-                        addr: Addr::new(socket_addr(w.ips[s]).to_string()),
-                    })
+                    .copied()
+                    .filter(|&s| w.current[s] == Some(keys[s].peer_id()))
                     .collect();
+                pool.shuffle(&mut join_rng);
+                let contacts: Vec<Contact> =
+                    pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
                 if roles[host].is_server() && !adversary[host] && !nat[host] {
                     joined_servers.push(host);
                 }
@@ -373,7 +416,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                     host,
                     keys[host].clone(),
                     node_seeds[host],
-                    spacing * rank as u32,
+                    Duration::ZERO,
                     contacts,
                 );
             }
@@ -506,6 +549,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                                 service: service_host,
                                 lookup: None,
                                 answer: None,
+                                client_left: false,
                             },
                         );
                         w.send(
@@ -541,7 +585,10 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                         pool.shuffle(&mut churn_rng);
                         let contacts: Vec<Contact> =
                             pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
-                        w.start_peer(host, kp, node_seed, Duration::ZERO, contacts);
+                        // One tick later: the killed peer's task (and its socket) must be gone
+                        // before the new peer binds the same port, or dropping the old socket
+                        // would unbind the new one.
+                        w.start_peer(host, kp, node_seed, Duration::from_millis(1), contacts);
                         let t_next = base.elapsed() + session(&mut churn_rng);
                         next_seq += 1;
                         schedule.insert(
@@ -596,7 +643,14 @@ fn summarize_run(
     let mut hops = 0u64;
     let mut lookup_ms = vec![];
     let mut regions = std::collections::BTreeSet::new();
-    for r in m.requests.values() {
+    let debug = std::env::var_os("BEAM_SIM_DEBUG").is_some();
+    for r in m.requests.values().filter(|r| !r.client_left) {
+        if debug && r.answer.is_none() {
+            eprintln!(
+                "failed: client {} ({:?}, nat {}) service {} (nat {}) lookup {:?}",
+                r.client, w.roles[r.client], w.nat[r.client], r.service, w.nat[r.service], r.lookup
+            );
+        }
         requests += 1;
         lookups += 1;
         if let Some((true, stats)) = &r.lookup {

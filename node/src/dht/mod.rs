@@ -71,6 +71,9 @@ pub struct DhtConfig {
     pub max_transmit_queue: usize,
     /// Whether this node answers queries (a DHT server) or only asks (a light client).
     pub server: bool,
+    /// A record search ends once this many valid copies were received (the newest wins), or
+    /// when the lookup ends. More than 1 defends against holders serving stale copies.
+    pub record_quorum: usize,
     /// Most lookup samples the size estimate pools.
     pub size_samples: usize,
     /// Samples older than this (relative to the newest) are dropped from the size estimate.
@@ -95,6 +98,7 @@ impl Default for DhtConfig {
             max_pending_requests: 1024,
             max_transmit_queue: 4096,
             server: true,
+            record_quorum: 3,
             size_samples: 32,
             size_window: Duration::from_secs(300),
         }
@@ -248,6 +252,11 @@ pub struct RttSample {
     pub position: Option<crate::wire::Position>,
 }
 
+/// First back-off before an emptied table falls back on the bootstrap contacts.
+const REBOOTSTRAP_MIN: Duration = Duration::from_secs(5);
+/// Longest back-off between such fallbacks.
+const REBOOTSTRAP_MAX: Duration = Duration::from_secs(300);
+
 /// Most RTT samples kept until the node reads them.
 const MAX_RTT_SAMPLES: usize = 256;
 
@@ -261,7 +270,11 @@ enum Internal {
 #[derive(Debug)]
 enum QueryKind {
     Lookup(Option<Internal>),
-    GetRecord,
+    /// The newest valid copy seen so far, and how many valid copies were seen.
+    GetRecord {
+        best: Option<Record>,
+        copies: usize,
+    },
     PutRecord {
         record: Record,
         /// `None` while looking for the closest peers; then the STORE round.
@@ -313,6 +326,10 @@ pub struct Dht {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_refresh: Option<Instant>,
+    /// The contacts the node was bootstrapped with, and when it may next fall back on them
+    /// (with the current back-off) if its table has emptied.
+    bootstrap_contacts: Vec<Contact>,
+    rebootstrap: Option<(Instant, Duration)>,
     /// The refresh round in progress: when it started, and its lookups still running.
     refresh_round: Option<(Instant, usize)>,
     next_sweep: Instant,
@@ -352,6 +369,8 @@ impl Dht {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_refresh: None,
+            bootstrap_contacts: vec![],
+            rebootstrap: None,
             refresh_round: None,
             next_sweep: now + Duration::from_secs(60),
             size_samples: VecDeque::new(),
@@ -415,11 +434,15 @@ impl Dht {
     /// Adds `contacts` (e.g. configured bootstrap peers) and starts the bootstrap: a lookup of
     /// the node's own key, then a refresh of every bucket. [`Event::Bootstrapped`] follows.
     pub fn bootstrap(&mut self, now: Instant, contacts: impl IntoIterator<Item = Contact>) {
-        for c in contacts {
-            if c.peer != self.local {
-                self.table.insert(c, now);
-            }
+        self.bootstrap_contacts = contacts
+            .into_iter()
+            .filter(|c| c.peer != self.local)
+            .take(self.config.k)
+            .collect();
+        for c in self.bootstrap_contacts.clone() {
+            self.table.insert(c, now);
         }
+        self.rebootstrap = Some((now + REBOOTSTRAP_MIN, REBOOTSTRAP_MIN));
         let target = self.local.key();
         let _ = self.start_query(now, target, QueryKind::Lookup(Some(Internal::Bootstrap)));
     }
@@ -442,7 +465,14 @@ impl Dht {
             });
             return Ok(id);
         }
-        self.start_query(now, key, QueryKind::GetRecord)
+        self.start_query(
+            now,
+            key,
+            QueryKind::GetRecord {
+                best: None,
+                copies: 0,
+            },
+        )
     }
 
     /// Stores a signed record at the k closest peers to its key (and locally, when a server).
@@ -634,6 +664,23 @@ impl Dht {
                 self.on_query_failure(now, q, p.peer);
             }
         }
+        // A table that emptied (every known peer failed) falls back on the bootstrap
+        // contacts, with exponential back-off.
+        if let Some((at, backoff)) = self.rebootstrap
+            && at <= now
+        {
+            if self.table.is_empty() && !self.bootstrap_contacts.is_empty() {
+                for c in self.bootstrap_contacts.clone() {
+                    self.table.insert(c, now);
+                }
+                let target = self.local.key();
+                let _ = self.start_query(now, target, QueryKind::Lookup(Some(Internal::Bootstrap)));
+                let backoff = (backoff * 2).min(REBOOTSTRAP_MAX);
+                self.rebootstrap = Some((now + backoff, backoff));
+            } else {
+                self.rebootstrap = Some((now + REBOOTSTRAP_MIN, REBOOTSTRAP_MIN));
+            }
+        }
         if self.next_refresh.is_some_and(|t| t <= now) {
             self.next_refresh = Some(now + self.config.refresh_interval);
             self.refresh_buckets(now);
@@ -705,6 +752,7 @@ impl Dht {
         };
         consider(self.deadlines.first().map(|(d, _)| *d));
         consider(self.next_refresh);
+        consider(self.rebootstrap.map(|r| r.0));
         consider(self.owned.values().map(|o| o.next_republish).min());
         t
     }
@@ -805,6 +853,7 @@ impl Dht {
     fn on_query_response(&mut self, now: Instant, id: QueryId, from: PeerId, body: Response) {
         let unix = self.unix_time(now);
         let max_ttl = self.config.max_record_ttl;
+        let record_quorum = self.config.record_quorum;
         let local = self.local;
         let k = self.config.k;
         let Some(q) = self.queries.get_mut(&id) else {
@@ -836,12 +885,20 @@ impl Dht {
                 let closer = closer.into_iter().filter(|c| c.peer != local).take(k);
                 q.iter.on_success(&from, closer);
             }
-            (QueryKind::GetRecord, Response::Value { record, closer }) => {
+            (QueryKind::GetRecord { best, copies }, Response::Value { record, closer }) => {
                 let target = *q.iter.target();
                 match record {
                     Some(r) if r.key() == target && r.check(unix, max_ttl).is_ok() => {
                         q.iter.on_success(&from, std::iter::empty());
-                        found = Some(r);
+                        // Keep the newest: a holder may serve a stale (older, still signed)
+                        // copy. Enough copies agreeing ends the search early.
+                        *copies += 1;
+                        if best.as_ref().is_none_or(|b| r.seq() > b.seq()) {
+                            *best = Some(r);
+                        }
+                        if *copies >= record_quorum {
+                            found = best.take();
+                        }
                     }
                     Some(_) => {
                         self.stats.bad_records_seen += 1;
@@ -901,7 +958,7 @@ impl Dht {
             match q.iter.next_step() {
                 Next::Contact(c) => {
                     let body = match &q.kind {
-                        QueryKind::GetRecord => Request::FindValue {
+                        QueryKind::GetRecord { .. } => Request::FindValue {
                             key: *q.iter.target(),
                         },
                         _ => Request::FindNode {
@@ -1014,7 +1071,8 @@ impl Dht {
                     }
                 }
             }
-            QueryKind::GetRecord => {
+            QueryKind::GetRecord { best, .. } => {
+                let found = found.or(best);
                 if found.is_none() {
                     let closest = q.iter.into_result();
                     self.note_size_sample(now, &target, &closest);

@@ -64,9 +64,9 @@ impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             relay: true,
-            attempt_timeout: Duration::from_millis(1500),
+            attempt_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
-            max_attempts: 3,
+            max_attempts: 5,
             multi_hop_relays: 2,
             max_requests: 256,
             max_sessions: 1024,
@@ -126,6 +126,13 @@ pub enum RouteEvent {
         id: RequestId,
         /// Routes tried.
         attempts: u8,
+    },
+    /// A relay check ([`Router::check_relay`]) finished.
+    RelayChecked {
+        /// The relay.
+        relay: PeerId,
+        /// Whether the probe came back through it.
+        ok: bool,
     },
     /// (As a service.) A request arrived; answer it with [`Router::respond`].
     Request {
@@ -248,6 +255,8 @@ pub struct Router {
     trust: BTreeMap<PeerId, Trust>,
     /// Services behind a NAT that a hole punch reached (bounded).
     punched: BTreeSet<PeerId>,
+    /// Relay checks in flight: route id → (relay, deadline).
+    relay_checks: BTreeMap<u64, (PeerId, Instant)>,
     relay_window: (Instant, u32),
     transmits: VecDeque<(Contact, RouteMessage)>,
     events: VecDeque<RouteEvent>,
@@ -286,6 +295,7 @@ impl Router {
             session_order: VecDeque::new(),
             trust: BTreeMap::new(),
             punched: BTreeSet::new(),
+            relay_checks: BTreeMap::new(),
             relay_window: (now, 0),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -345,6 +355,27 @@ impl Router {
         );
         self.attempt(now, id);
         Ok(id)
+    }
+
+    /// Checks that `relay` forwards: sends a probe through it to ourselves (`me`). A node
+    /// behind a NAT uses this to keep only relays that work in its service record (a relay
+    /// can answer pings and still drop what it should forward).
+    pub fn check_relay(&mut self, now: Instant, relay: Contact, me: Contact) {
+        let route = self.rng.next_u64();
+        let Some(data) = encode(&RouteData::Probe) else {
+            return;
+        };
+        self.relay_checks
+            .insert(route, (relay.peer, now + self.config.attempt_timeout));
+        self.transmits.push_back((
+            relay,
+            RouteMessage::Forward {
+                route,
+                ahead: vec![me],
+                behind: vec![],
+                data,
+            },
+        ));
     }
 
     /// Answers a request this node received as a service.
@@ -447,6 +478,26 @@ impl Router {
                 ));
             }
             self.stats.punches += 1;
+            // Ask through every relay the service lists but the one the route names: one
+            // dropping the request (dead, or malicious) must not stop the punch.
+            if let Some(punch) = encode(&RouteData::Punch) {
+                for r in out
+                    .target
+                    .relays
+                    .iter()
+                    .filter(|r| !relays.iter().any(|x| x.peer == r.peer))
+                {
+                    self.transmits.push_back((
+                        r.clone(),
+                        RouteMessage::Forward {
+                            route,
+                            ahead: vec![out.target.contact.clone()],
+                            behind: vec![],
+                            data: punch.clone(),
+                        },
+                    ));
+                }
+            }
             (Phase::Punching, encode(&RouteData::Punch))
         } else if relays.is_empty() {
             let payload = Payload::Request {
@@ -673,7 +724,14 @@ impl Router {
                     ));
                 }
             }
-            RouteData::Probe => self.punch_answered(now, route),
+            RouteData::Probe => {
+                if let Some((relay, _)) = self.relay_checks.remove(&route) {
+                    self.events
+                        .push_back(RouteEvent::RelayChecked { relay, ok: true });
+                } else {
+                    self.punch_answered(now, route);
+                }
+            }
             RouteData::Sealed(_)
             | RouteData::HelloAck(_)
             | RouteData::Plain(Payload::Response { .. }) => self.stats.bad_frames += 1,
@@ -707,6 +765,7 @@ impl Router {
         attempt.relays.clear();
         attempt.phase = Phase::Sent;
         attempt.sent = now;
+        attempt.deadline = (now + self.config.attempt_timeout).min(out.deadline);
         let payload = Payload::Request {
             id: route,
             body: out.body.clone(),
@@ -747,6 +806,8 @@ impl Router {
                     Some(Ok((session, msg3))) => {
                         attempt.phase = Phase::Open(Box::new(session));
                         attempt.sent = now;
+                        // Each phase of an attempt (handshake, request) gets its own timeout.
+                        attempt.deadline = (now + self.config.attempt_timeout).min(out.deadline);
                         if let Some(data) = encode(&RouteData::Finish(msg3)) {
                             let relays = attempt.relays.clone();
                             let target = out.target.contact.clone();
@@ -795,6 +856,18 @@ impl Router {
 
     /// Call when [`poll_timeout`](Router::poll_timeout) is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let failed: Vec<u64> = self
+            .relay_checks
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for route in failed {
+            if let Some((relay, _)) = self.relay_checks.remove(&route) {
+                self.events
+                    .push_back(RouteEvent::RelayChecked { relay, ok: false });
+            }
+        }
         let due: Vec<RequestId> = self
             .requests
             .iter()
@@ -842,6 +915,7 @@ impl Router {
         self.requests
             .values()
             .filter_map(|o| o.current.as_ref().map(|a| a.deadline))
+            .chain(self.relay_checks.values().map(|(_, d)| *d))
             .min()
     }
 }
