@@ -11,6 +11,9 @@
 //! - [`dht`] — Kademlia: [`dht::kbucket`] (routing table), [`dht::query`] (the iterative
 //!   lookup, a pure data structure), [`dht::store`] (records held for others) and the
 //!   [`dht::Dht`] state machine.
+//! - [`gossip`] — epidemic broadcast of service announcements and health
+//!   ([`gossip::Gossip`]): eager push over a bounded mesh, lazy IHave/IWant repair, duplicate
+//!   suppression, per-peer rate bounds.
 //! - [`e2e`] — end-to-end encrypted sessions over relays: the Noise XK handshake (seeded,
 //!   deterministic) and replay-checked transport frames that survive loss and reordering.
 //! - [`routing`] — requests to services: direct, multi-hop or geographic routes through
@@ -33,6 +36,7 @@
 pub mod coords;
 pub mod dht;
 pub mod e2e;
+pub mod gossip;
 pub mod id;
 pub mod node;
 pub mod record;
