@@ -10,6 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::coords::{Vivaldi, VivaldiConfig};
 use crate::dht::{self, Dht, DhtConfig, DhtError, Publish, QueryId};
+use crate::gossip::{Gossip, GossipConfig, GossipEvent, Topic};
 use crate::id::{Key, Keypair, PeerId};
 use crate::record::{Addr, Participation, Record, ServiceRecord};
 use crate::routing::{
@@ -158,11 +159,42 @@ pub struct Node {
     bad_relays: std::collections::BTreeSet<PeerId>,
     /// The time of the latest input (for work that follows an event).
     last_now: Option<Instant>,
+    created: Instant,
+    /// Gossip, for DHT servers that can be dialled (others could not receive it).
+    gossip: Option<Gossip>,
+    /// Where gossip peers are (from the routing table and from their messages).
+    gossip_addrs: BTreeMap<PeerId, Addr>,
+    next_gossip_sync: Option<Instant>,
+    next_health: Option<Instant>,
+    health_seq: u64,
+    /// Network-size estimates other peers announced: origin → (estimate, when).
+    peer_estimates: BTreeMap<PeerId, (f64, Instant)>,
+    /// Service records announced by gossip (checked), newest per service.
+    announced: BTreeMap<PeerId, Record>,
     stats: NodeStats,
 }
 
 /// Most peers whose coordinates are remembered.
 const MAX_POSITIONS: usize = 4096;
+/// How often a node announces its view of the network's health by gossip.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(60);
+/// Health announcements the whole network makes per minute (on average).
+const HEALTH_PER_MINUTE: f64 = 12.0;
+/// How often the gossip peer set is refreshed from the routing table.
+const GOSSIP_SYNC: Duration = Duration::from_secs(10);
+/// Announced estimates older than this are not used.
+const ESTIMATE_MAX_AGE: Duration = Duration::from_secs(300);
+/// Most announced estimates and service records kept.
+const MAX_ANNOUNCED: usize = 1024;
+
+/// What a node announces in a health message.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    /// Its own estimate of the number of DHT servers online.
+    pub size_estimate: f32,
+    /// Increases with every announcement (gossip drops identical payloads as duplicates).
+    pub seq: u64,
+}
 
 impl Node {
     /// A node with identity `keypair`, randomness from `seed`, created at `now`, when the wall
@@ -174,6 +206,7 @@ impl Node {
         now: Instant,
         unix_now: u64,
     ) -> Self {
+        let gossips = config.participation.is_server() && config.reachable;
         let static_key = routing::static_key_for(&keypair.secret());
         let noise_key = static_key.public();
         let peer = keypair.peer_id();
@@ -198,6 +231,15 @@ impl Node {
             nat_service: None,
             bad_relays: std::collections::BTreeSet::new(),
             last_now: None,
+            created: now,
+            gossip: gossips
+                .then(|| Gossip::new(GossipConfig::default(), peer, seed ^ 0xbb67_ae85_84ca_a73b)),
+            gossip_addrs: BTreeMap::new(),
+            next_gossip_sync: Some(now),
+            next_health: Some(now + HEALTH_INTERVAL),
+            health_seq: 0,
+            peer_estimates: BTreeMap::new(),
+            announced: BTreeMap::new(),
             stats: NodeStats::default(),
         }
     }
@@ -217,6 +259,15 @@ impl Node {
     /// The DHT (read-only: routing table, store, counters, size estimate).
     pub fn dht(&self) -> &Dht {
         &self.dht
+    }
+
+    fn dht_epoch(&self) -> Instant {
+        self.created
+    }
+
+    /// Gossip (read-only), when this node takes part.
+    pub fn gossip(&self) -> Option<&Gossip> {
+        self.gossip.as_ref()
     }
 
     /// Traffic counters.
@@ -265,7 +316,143 @@ impl Node {
             }
             other => other,
         };
-        self.dht.publish(now, what)
+        let is_service = matches!(what, Publish::Service(_));
+        let id = self.dht.publish(now, what)?;
+        if is_service {
+            self.announce_own_service(now);
+        }
+        Ok(id)
+    }
+
+    fn announce_own_service(&mut self, now: Instant) {
+        let key = self.peer_id().key();
+        let unix = self.dht.unix_time(now);
+        let Some(record) = self.dht.store().get(&key, unix).cloned() else {
+            return;
+        };
+        let (Some(g), Ok(bytes)) = (self.gossip.as_mut(), postcard::to_stdvec(&record)) else {
+            return;
+        };
+        let _ = g.publish(now, Topic::ServiceAnnouncement, bytes);
+    }
+
+    /// Service records learned from gossip (each checked), newest per service.
+    pub fn announced_services(&self) -> impl Iterator<Item = &Record> {
+        self.announced.values()
+    }
+
+    /// The node's estimate of the number of DHT servers online: the median of its own
+    /// estimate and those its gossip peers announced in the last five minutes.
+    pub fn network_size_estimate(&self) -> Option<f64> {
+        let now = self.last_now?;
+        let mut v: Vec<f64> = self
+            .peer_estimates
+            .values()
+            .filter(|(_, t)| now.saturating_duration_since(*t) <= ESTIMATE_MAX_AGE)
+            .map(|(e, _)| *e)
+            .chain(self.dht.size_estimate())
+            .filter(|e| e.is_finite() && *e > 0.0)
+            .collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    }
+
+    fn gossip_tick(&mut self, now: Instant) {
+        let Some(g) = self.gossip.as_mut() else {
+            return;
+        };
+        if self.next_gossip_sync.is_some_and(|t| t <= now) {
+            self.next_gossip_sync = Some(now + GOSSIP_SYNC);
+            for e in self.dht.table().iter() {
+                self.gossip_addrs
+                    .insert(e.contact.peer, e.contact.addr.clone());
+                g.add_peer(e.contact.peer);
+            }
+            while self.gossip_addrs.len() > MAX_POSITIONS {
+                self.gossip_addrs.pop_first();
+            }
+        }
+        if self.next_health.is_some_and(|t| t <= now) {
+            self.next_health = Some(now + HEALTH_INTERVAL);
+            // Every announcement floods the whole network, so the network as a whole should
+            // make about HEALTH_PER_MINUTE of them: each node announces with probability
+            // HEALTH_PER_MINUTE / (estimated servers).
+            let est = self
+                .dht
+                .size_estimate()
+                .filter(|_| self.dht.size_estimate_settled());
+            let p = est.map_or(1.0, |n| (HEALTH_PER_MINUTE / n.max(1.0)).min(1.0));
+            if let Some(est) = est.filter(|_| rand::Rng::random_bool(&mut self.vivaldi_rng, p)) {
+                self.health_seq += 1;
+                let h = Health {
+                    size_estimate: est as f32,
+                    seq: self.health_seq,
+                };
+                if let Ok(bytes) = postcard::to_stdvec(&h) {
+                    let _ = g.publish(now, Topic::Health, bytes);
+                }
+            }
+        }
+        g.handle_timeout(now);
+    }
+
+    fn on_gossip(&mut self, now: Instant, e: GossipEvent) {
+        let GossipEvent::Received {
+            origin,
+            topic,
+            payload,
+            ..
+        } = e
+        else {
+            return;
+        };
+        match topic {
+            Topic::Health => {
+                if let Ok(h) = postcard::from_bytes::<Health>(&payload)
+                    && h.size_estimate.is_finite()
+                    && h.size_estimate > 0.0
+                {
+                    if self.peer_estimates.len() >= MAX_ANNOUNCED
+                        && !self.peer_estimates.contains_key(&origin)
+                    {
+                        self.peer_estimates.pop_first();
+                    }
+                    self.peer_estimates
+                        .insert(origin, (f64::from(h.size_estimate), now));
+                }
+            }
+            Topic::ServiceAnnouncement => {
+                // Gossip does not authenticate its origin: the record's own signature does.
+                let unix = self.dht.unix_time(now);
+                let max_ttl = self.config.dht.max_record_ttl;
+                if let Ok(r) = postcard::from_bytes::<Record>(&payload)
+                    && matches!(r, Record::Service(_))
+                    && r.check(unix, max_ttl).is_ok()
+                {
+                    let owner = r.owner();
+                    if self
+                        .announced
+                        .get(&owner)
+                        .is_none_or(|old| r.seq() > old.seq())
+                    {
+                        if self.announced.len() >= MAX_ANNOUNCED
+                            && !self.announced.contains_key(&owner)
+                        {
+                            self.announced.pop_first();
+                        }
+                        self.announced.insert(owner, r);
+                    }
+                }
+            }
+        }
     }
 
     /// This node's network coordinates, once it has measured any.
@@ -418,6 +605,18 @@ impl Node {
             Message::Route(m) => self
                 .router
                 .handle_message(now, Contact { peer: from, addr }, m),
+            Message::Gossip(m) => {
+                if let Some(g) = self.gossip.as_mut() {
+                    if !self.gossip_addrs.contains_key(&from)
+                        && self.gossip_addrs.len() < MAX_POSITIONS
+                    {
+                        self.gossip_addrs.insert(from, addr);
+                    }
+                    g.handle_message(now, from, m);
+                } else {
+                    self.stats.unhandled_in += 1;
+                }
+            }
         }
     }
 
@@ -431,6 +630,7 @@ impl Node {
         self.last_now = Some(now);
         self.dht.handle_timeout(now);
         self.router.handle_timeout(now);
+        self.gossip_tick(now);
         if self.next_keepalive.is_some_and(|t| t <= now) {
             self.keepalive(now);
         }
@@ -464,6 +664,17 @@ impl Node {
                 message: Message::Route(m),
             });
         }
+        while let Some((to, m)) = self.gossip.as_mut().and_then(Gossip::poll_transmit) {
+            let Some(addr) = self.gossip_addrs.get(&to).cloned() else {
+                continue; // a peer we have no address for: nothing to do but drop it
+            };
+            self.stats.messages_out += 1;
+            return Some(Transmit {
+                to,
+                addr,
+                message: Message::Gossip(m),
+            });
+        }
         let mut t = self.dht.poll_transmit()?;
         if let DhtMessage::Response { position, .. } = &mut t.message {
             *position = self.position();
@@ -491,6 +702,10 @@ impl Node {
         if let Some(e) = self.dht.poll_event() {
             return Some(Event::Dht(e));
         }
+        while let Some(e) = self.gossip.as_mut().and_then(Gossip::poll_event) {
+            let now = self.last_now.unwrap_or_else(|| self.dht_epoch());
+            self.on_gossip(now, e);
+        }
         loop {
             match self.router.poll_event()? {
                 RouteEvent::RelayChecked { relay, ok } => {
@@ -517,6 +732,9 @@ impl Node {
             self.dht.poll_timeout(),
             self.router.poll_timeout(),
             self.next_keepalive,
+            self.gossip.as_ref().and_then(Gossip::poll_timeout),
+            self.gossip.as_ref().and(self.next_gossip_sync),
+            self.gossip.as_ref().and(self.next_health),
         ]
         .into_iter()
         .flatten()

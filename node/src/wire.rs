@@ -56,6 +56,8 @@ pub enum Message {
     Dht(DhtMessage),
     /// Frames travelling along a route (direct or through relays).
     Route(RouteMessage),
+    /// Epidemic broadcast: service announcements and network health.
+    Gossip(crate::gossip::GossipMessage),
 }
 
 /// Most relays on a route.
@@ -263,6 +265,7 @@ fn check_bounds(msg: &Message) -> Result<(), DecodeError> {
             check_contacts(ahead)?;
             check_contacts(behind)
         }
+        Message::Gossip(g) => g.check_bounds().map_err(|e| DecodeError::OutOfBounds(e.0)),
         Message::Route(RouteMessage::Backward { ahead, data, .. }) => {
             if ahead.len() > MAX_RELAYS_PER_ROUTE + 1 {
                 return Err(DecodeError::OutOfBounds("route length"));

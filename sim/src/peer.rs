@@ -332,7 +332,7 @@ impl Protocol for SimPeer {
                 Err(_) => self.metrics.borrow_mut().lookup_refused(id),
             },
             Command::Snapshot => {
-                let est = self.node.dht().size_estimate();
+                let est = self.node.network_size_estimate();
                 let mut m = self.metrics.borrow_mut();
                 m.size_estimates[self.index] = est;
                 m.coordinates[self.index] = self.node.coordinates();

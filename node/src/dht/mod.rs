@@ -332,6 +332,8 @@ pub struct Dht {
     rebootstrap: Option<(Instant, Duration)>,
     /// The refresh round in progress: when it started, and its lookups still running.
     refresh_round: Option<(Instant, usize)>,
+    /// Refresh rounds completed (each replaces the size samples with fresh ones).
+    refresh_rounds_done: u32,
     next_sweep: Instant,
     /// (when, number of peers, distance of the farthest as a fraction of the key space).
     size_samples: VecDeque<(Instant, usize, f64)>,
@@ -372,6 +374,7 @@ impl Dht {
             bootstrap_contacts: vec![],
             rebootstrap: None,
             refresh_round: None,
+            refresh_rounds_done: 0,
             next_sweep: now + Duration::from_secs(60),
             size_samples: VecDeque::new(),
             rtt_samples: VecDeque::new(),
@@ -410,6 +413,12 @@ impl Dht {
     /// Queries in progress.
     pub fn queries_in_progress(&self) -> usize {
         self.queries.len()
+    }
+
+    /// Whether the size estimate rests on a full refresh round made after joining (the
+    /// bootstrap's own samples describe the network as it was while this node joined).
+    pub fn size_estimate_settled(&self) -> bool {
+        self.refresh_rounds_done >= 2
     }
 
     /// Unix time (seconds) at `now`.
@@ -1066,6 +1075,7 @@ impl Dht {
                                 let started = *started;
                                 self.size_samples.retain(|s| s.0 >= started);
                                 self.refresh_round = None;
+                                self.refresh_rounds_done += 1;
                             }
                         }
                     }
