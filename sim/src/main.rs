@@ -24,7 +24,8 @@ use sim::{gate, latency, run};
     after_help = "Examples:\n  cargo run --release -p sim -- scenarios/100-peers.toml\n  \
                   cargo run --release -p sim -- scenarios/*-peers.toml --strategy direct --strategy geographic --out reports/scaling.csv\n  \
                   cargo run --release -p sim -- gate scenarios/ci reports/baseline.csv\n  \
-                  cargo run --release -p sim -- latency 38.9,-77.0 53.3,-6.3"
+                  cargo run --release -p sim -- latency 38.9,-77.0 53.3,-6.3\n\n\
+                  BEAM_SIM_DEBUG=1 lists every failed request on stderr (client, service, NAT, lookup)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,11 +90,12 @@ fn run_one(sc: &Scenario) -> Result<Row> {
     pb.finish_and_clear();
     let r = &out.row;
     eprintln!(
-        "{}: {} peers, {} services, {} requests, routing {:.3} %, lookup {:.3} %; \
+        "{} [{}]: {} peers, {} services, {} requests, routing {:.3} %, lookup {:.3} %; \
          msgs/peer/s light {:.2} routing {:.2} full {:.2}; coordinates median error {}; \
          hole punches {}/{}; \
          wall {:.1} s, peak RSS {} MiB",
         sc.name,
+        sc.workload.strategy,
         sc.peers,
         out.services,
         r.requests,

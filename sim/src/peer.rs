@@ -158,15 +158,6 @@ impl SimPeer {
                     let Some(req) = self.lookups.remove(&id) else {
                         continue;
                     };
-                    if std::env::var_os("BEAM_SIM_DEBUG").is_some() && stats.requests == 0 {
-                        eprintln!(
-                            "instant lookup at host {}: record {} table {} queries {}",
-                            self.index,
-                            record.is_some(),
-                            self.node.dht().table().len(),
-                            self.node.dht().queries_in_progress()
-                        );
-                    }
                     let service = match record {
                         Some(Record::Service(s)) => Some(s.body),
                         _ => None,
@@ -254,18 +245,6 @@ impl Protocol for SimPeer {
     type Event = ();
 
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        if std::env::var("BEAM_SIM_TRACE_HOST")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            == Some(self.index)
-        {
-            eprintln!(
-                "host {} ({}) got {} bytes from {from} at {now:?}",
-                self.index,
-                self.id.short(),
-                data.len()
-            );
-        }
         let (Some(&kind), Some(id)) = (data.first(), data.get(1..HEADER)) else {
             self.metrics.borrow_mut().malformed += 1;
             return;
@@ -300,20 +279,7 @@ impl Protocol for SimPeer {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        let before = self.node.dht().table().len();
         self.node.handle_timeout(now);
-        if std::env::var_os("BEAM_SIM_DEBUG").is_some()
-            && before > 0
-            && self.node.dht().table().is_empty()
-        {
-            eprintln!(
-                "table emptied at host {} ({}) at {:?}: {:?}",
-                self.index,
-                self.id.short(),
-                now,
-                self.node.dht().stats()
-            );
-        }
         self.pump(now);
     }
 

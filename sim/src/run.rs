@@ -149,18 +149,6 @@ impl World {
         contacts: Vec<Contact>,
     ) {
         let (tx, rx) = unbounded_channel();
-        if std::env::var("BEAM_SIM_TRACE_HOST")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            == Some(host)
-        {
-            eprintln!(
-                "start_peer {host} {} at {:?} delay {delay:?} alive-before {}",
-                kp.peer_id().short(),
-                driver::now(),
-                self.current[host].is_some()
-            );
-        }
         self.senders[host] = Some(tx);
         self.current[host] = Some(kp.peer_id());
         let mut config = NodeConfig::new(self.roles[host]);
@@ -194,13 +182,6 @@ impl World {
     }
 
     fn kill(&mut self, host: usize) {
-        if std::env::var("BEAM_SIM_TRACE_HOST")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            == Some(host)
-        {
-            eprintln!("kill {host} at {:?}", driver::now());
-        }
         // Requests this peer is waiting for can no longer be answered to anyone.
         let now = driver::now();
         for r in self.metrics.borrow_mut().requests.values_mut() {
@@ -319,9 +300,6 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             let mut h = ChaCha8Rng::seed_from_u64(seed ^ (lo << 32) ^ hi);
             h.random_bool(punch_success)
         };
-        let trace_host: Option<usize> = std::env::var("BEAM_SIM_TRACE_HOST")
-            .ok()
-            .and_then(|v| v.parse().ok());
         net.set_rule(move |p: &Packet| {
             let (Some(a), Some(b)) = (host_index(p.src), host_index(p.dst)) else {
                 return Verdict::Drop;
@@ -329,16 +307,6 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             let (Some(pa), Some(pb)) = (placements.get(a), placements.get(b)) else {
                 return Verdict::Drop;
             };
-            if let Some(t) = trace_host
-                && (a == t || b == t)
-            {
-                eprintln!(
-                    "packet {a} -> {b} nat {} {} mapped {}",
-                    nat[a],
-                    nat[b],
-                    mappings.contains(&(b as u32, a as u32))
-                );
-            }
             if nat[a] {
                 mappings.insert((a as u32, b as u32));
             }
