@@ -56,7 +56,9 @@ impl NodeConfig {
             ..DhtConfig::default()
         };
         if participation == Participation::Full {
-            // Full peers keep more records for others.
+            // Full peers keep larger tables: twice the entries per bucket, and four times the
+            // records held for others.
+            dht.bucket_size = 2 * dht.k;
             dht.max_records *= 4;
         }
         let router = RouterConfig {
@@ -512,16 +514,29 @@ impl Node {
             .request(now, target, strategy, body, candidates, own)
     }
 
-    /// The best relays for a node behind a NAT: the nearest in the table (in XOR distance,
-    /// which spreads the load) that have not failed a relay check.
+    /// The relays for a node behind a NAT: the table entries with the lowest predicted RTT
+    /// (its traffic goes through them) that have not failed a relay check. Not the XOR-nearest:
+    /// a lookup of our own key is exactly where adversaries push themselves into the table.
     fn pick_relays(&self) -> Vec<Contact> {
-        let me = self.peer_id().key();
-        self.dht
+        let own = self.coordinates();
+        let mut cands: Vec<(f64, &Contact)> = self
+            .dht
             .table()
-            .closest(&me, NAT_RELAYS + self.bad_relays.len())
+            .iter()
+            .filter(|e| e.failures == 0 && !self.bad_relays.contains(&e.contact.peer))
+            .map(|e| {
+                let rtt = match (own, self.positions.get(&e.contact.peer)) {
+                    (Some(a), Some(p)) => routing::score::predict_ms(&a, &p.coords),
+                    _ => f64::INFINITY,
+                };
+                (rtt, &e.contact)
+            })
+            .collect();
+        cands.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.peer.cmp(&b.1.peer)));
+        cands
             .into_iter()
-            .filter(|c| !self.bad_relays.contains(&c.peer))
             .take(NAT_RELAYS)
+            .map(|(_, c)| c.clone())
             .collect()
     }
 

@@ -39,8 +39,11 @@ use store::RecordStore;
 /// DHT settings. `Default` is the production value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DhtConfig {
-    /// Bucket size and number of results of a lookup (Kademlia's k).
+    /// Number of results of a lookup and replication factor of records (Kademlia's k).
     pub k: usize,
+    /// Entries per k-bucket (and per replacement cache); k, or more for full peers, whose
+    /// larger tables shorten everyone's lookups through them.
+    pub bucket_size: usize,
     /// Requests in flight per lookup (Kademlia's α).
     pub alpha: usize,
     /// A request unanswered after this long has failed.
@@ -84,6 +87,7 @@ impl Default for DhtConfig {
     fn default() -> Self {
         Self {
             k: 20,
+            bucket_size: 20,
             alpha: 3,
             request_timeout: Duration::from_secs(1),
             max_failures: 2,
@@ -352,7 +356,12 @@ impl Dht {
         unix_now: u64,
     ) -> Self {
         let local = keypair.peer_id();
-        let table = KBucketTable::new(local.key(), config.k, config.k, config.stale_after);
+        let table = KBucketTable::new(
+            local.key(),
+            config.bucket_size,
+            config.bucket_size,
+            config.stale_after,
+        );
         let store = RecordStore::new(config.max_records, config.max_record_ttl);
         Self {
             table,

@@ -569,6 +569,16 @@ impl Router {
         }
     }
 
+    /// Forwards a frame to its next hop, if this node relays and is within its rate bound.
+    fn relay(&mut self, now: Instant, next: Contact, frame: RouteMessage) {
+        if !self.relay_allowed(now) {
+            self.stats.relay_refused += 1;
+            return;
+        }
+        self.stats.relayed += 1;
+        self.transmits.push_back((next, frame));
+    }
+
     fn relay_allowed(&mut self, now: Instant) -> bool {
         if !self.config.relay {
             return false;
@@ -596,21 +606,14 @@ impl Router {
             } => {
                 behind.push(from);
                 if !ahead.is_empty() {
-                    if !self.relay_allowed(now) {
-                        self.stats.relay_refused += 1;
-                        return;
-                    }
                     let next = ahead.remove(0);
-                    self.stats.relayed += 1;
-                    self.transmits.push_back((
-                        next,
-                        RouteMessage::Forward {
-                            route,
-                            ahead,
-                            behind,
-                            data,
-                        },
-                    ));
+                    let frame = RouteMessage::Forward {
+                        route,
+                        ahead,
+                        behind,
+                        data,
+                    };
+                    self.relay(now, next, frame);
                     return;
                 }
                 self.at_service(now, route, behind, &data);
@@ -621,14 +624,8 @@ impl Router {
                 data,
             } => {
                 if !ahead.is_empty() {
-                    if !self.relay_allowed(now) {
-                        self.stats.relay_refused += 1;
-                        return;
-                    }
                     let next = ahead.remove(0);
-                    self.stats.relayed += 1;
-                    self.transmits
-                        .push_back((next, RouteMessage::Backward { route, ahead, data }));
+                    self.relay(now, next, RouteMessage::Backward { route, ahead, data });
                     return;
                 }
                 self.at_client(now, route, &data);
