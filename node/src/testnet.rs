@@ -689,6 +689,16 @@ fn service_at(i: usize) -> crate::record::ServiceRecord {
     }
 }
 
+/// Node `service` publishes a service record at its own address; at least one holder stores it.
+fn publish_service(net: &mut TestNet, service: usize) {
+    let id = net
+        .with(service, |n, now| {
+            n.publish(now, Publish::Service(service_at(service)))
+        })
+        .expect("started");
+    assert!(put_outcome(net, service, id).0 > 0);
+}
+
 fn resolve(net: &mut TestNet, who: usize, service: usize) -> crate::record::ServiceRecord {
     let key = net.ids[service].key();
     match get(net, who, key) {
@@ -744,12 +754,7 @@ fn requests_reach_services_by_every_strategy_and_relays_see_only_ciphertext() {
         |_| {},
     );
     let (client, service) = (3, 10);
-    let id = net
-        .with(service, |n, now| {
-            n.publish(now, Publish::Service(service_at(service)))
-        })
-        .expect("started");
-    assert!(put_outcome(&mut net, service, id).0 > 0);
+    publish_service(&mut net, service);
     let record = resolve(&mut net, client, service);
     assert!(
         record.noise_key.is_some(),
@@ -799,12 +804,7 @@ fn a_dead_relay_is_routed_around() {
         |_| {},
     );
     let (client, service) = (7, 50);
-    let id = net
-        .with(service, |n, now| {
-            n.publish(now, Publish::Service(service_at(service)))
-        })
-        .expect("started");
-    assert!(put_outcome(&mut net, service, id).0 > 0);
+    publish_service(&mut net, service);
     let record = resolve(&mut net, client, service);
     // A first request shows which relay geographic routing prefers; kill it.
     let (_, relays, attempts) =
@@ -859,12 +859,7 @@ fn announcements_reach_every_live_server_by_gossip() {
             net.kill(i);
         }
     }
-    let id = net
-        .with(10, |n, now| {
-            n.publish(now, Publish::Service(service_at(10)))
-        })
-        .expect("started");
-    let _ = put_outcome(&mut net, 10, id);
+    publish_service(&mut net, 10);
     net.run_for(Duration::from_secs(20));
     let owner = net.ids[10];
     let mut servers = 0;
