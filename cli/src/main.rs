@@ -1,35 +1,136 @@
-//! `beam`: expose a local port to the world — as a Tor onion service and on beam's own
-//! peer-to-peer network.
+//! `beam`: expose a local port to the world — on beam's own peer-to-peer network (and, next,
+//! as a Tor onion service).
 //!
-//! This binary is the thin layer over the protocol core (`beam-node`). The network drivers
-//! (libp2p, Arti) are not built yet; today it manages the node's identity, which the
-//! `beam://` address is derived from.
+//! # Layout
+//!
+//! - [`p2p`] — the libp2p driver: the `beam-node` core on a real network, and the data plane
+//!   (tunnels and circuits).
+//! - [`serve`] — `beam <PORT>` and `beam node`: run a peer, publish a service.
+//! - [`connect`] — `beam connect`: resolve a service, choose a route, forward a local port.
+//! - [`demo`] — `beam demo`: a small network on loopback, end to end, in one process.
+//! - [`state`] — the state directory and the identity key.
+//!
+//! The protocol decisions (records, lookups, route choice, relay admission, trust) are the
+//! core's; this binary carries bytes and talks to the user.
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod connect;
+mod demo;
+mod p2p;
+mod serve;
+mod state;
 
-use anyhow::{Context, Result, bail};
-use beam_node::Keypair;
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use beam_node::record::Participation;
+use beam_node::routing::Strategy;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use libp2p::Multiaddr;
 
 #[derive(Parser)]
 #[command(
     name = "beam",
     version,
-    about = "Expose a local port to the world: a Tor onion service and a beam:// address on a peer-to-peer network, with no central server.",
-    long_about = None,
+    about = "Expose a local port to the world on a peer-to-peer network, with no central server.",
+    long_about = "Expose a local port to the world on a peer-to-peer network, with no central \
+        server.\n\n\
+        beam 8000                         publish 127.0.0.1:8000; prints its beam:// address\n\
+        beam 8000 --name demo --bootstrap /ip4/HOST/tcp/4001\n\
+        beam connect demo --port 9000 --bootstrap /ip4/HOST/tcp/4001   then: curl localhost:9000\n\
+        beam node --p2p-full --listen /ip4/0.0.0.0/tcp/4001             a bootstrap peer and relay\n\
+        beam demo                         see it all work on this machine",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Cli {
-    /// Where beam keeps its identity and state [default: $BEAM_HOME, else ~/.beam].
+    /// Where beam keeps its identity and state [default: $BEAM_HOME, else ~/.beam]. Run several
+    /// nodes on one machine with one directory each.
     #[arg(long, global = true, env = "BEAM_HOME")]
     state_dir: Option<PathBuf>,
+    /// Dial and publish loopback and private addresses too (tests on one machine, LANs, network
+    /// namespaces). Off by default: addresses learned from peers could otherwise make this node
+    /// dial hosts on its own network.
+    #[arg(long, global = true)]
+    allow_private_addrs: bool,
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// `beam <PORT>`.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The local port to expose (on 127.0.0.1).
+    #[arg(value_name = "PORT", required = true)]
+    port: Option<u16>,
+    /// Claim a name for the service (first come, first served: 1–63 of a-z, 0-9, '-').
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    p2p: P2pArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+struct P2pArgs {
+    /// Answer DHT queries and relay for others (the default for a node with no bootstrap peer,
+    /// which starts a network).
+    #[arg(long, conflicts_with = "p2p_full")]
+    p2p_routing: bool,
+    /// Like --p2p-routing, with larger tables: for well-connected, long-running peers.
+    #[arg(long)]
+    p2p_full: bool,
+    /// A peer to join through, e.g. /ip4/203.0.113.5/tcp/4001 (a trailing /p2p/<id> is
+    /// optional). Repeat for several.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Where to listen, e.g. /ip4/0.0.0.0/tcp/4001 or /ip4/0.0.0.0/udp/4001/quic-v1. Repeat
+    /// for several [default: TCP and QUIC on all interfaces, any free port].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+}
+
+impl P2pArgs {
+    fn participation(&self, default: Participation) -> Participation {
+        if self.p2p_full {
+            Participation::Full
+        } else if self.p2p_routing {
+            Participation::Routing
+        } else {
+            default
+        }
+    }
+
+    fn listen_or(&self, port: u16) -> Vec<Multiaddr> {
+        if !self.listen.is_empty() {
+            return self.listen.clone();
+        }
+        [
+            format!("/ip4/0.0.0.0/tcp/{port}"),
+            format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+        ]
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect()
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a peer that exposes nothing: a bootstrap node and relay for others.
+    Node {
+        #[command(flatten)]
+        p2p: P2pArgs,
+    },
+    /// Reach a service by name or beam:// address and forward a local port to it.
+    Connect(ConnectArgs),
+    /// Start a small network on this machine (bootstrap peer, two relays, a service, a client)
+    /// and fetch a page through it, directly and through relays. Needs no other machine.
+    Demo {
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show this node's identity: its beam:// address. Creates the identity key on first use;
     /// the address stays the same for as long as the state directory is kept.
     Id {
@@ -44,80 +145,156 @@ enum Command {
     },
 }
 
-fn default_state_dir() -> Result<PathBuf> {
-    let home = std::env::var_os("HOME").context(
-        "cannot find the state directory: $HOME is not set; pass --state-dir DIR or set BEAM_HOME",
-    )?;
-    Ok(PathBuf::from(home).join(".beam"))
+#[derive(Args, Debug)]
+struct ConnectArgs {
+    /// The service: a name (demo) or an address (beam://…).
+    target: String,
+    /// The local port to listen on (127.0.0.1) [default: any free port, printed].
+    #[arg(long)]
+    port: Option<u16>,
+    /// How to route: straight to the service, through relays, or through the relays with the
+    /// lowest predicted latency.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Direct)]
+    strategy: StrategyArg,
+    /// How long to keep looking for the service before giving up, in seconds (a service that
+    /// just started may still be publishing).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    wait: u64,
+    #[command(flatten)]
+    p2p: P2pArgs,
 }
 
-/// Loads the identity key from `dir/identity.key`, creating it (mode 0600) if absent.
-fn load_or_create_identity(dir: &Path) -> Result<(Keypair, bool)> {
-    let path = dir.join("identity.key");
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-                anyhow::anyhow!(
-                    "{} is {} bytes, an identity key is 32: the file is damaged. Move it away to \
-                     create a new identity (this changes your beam:// address)",
-                    path.display(),
-                    bytes.len()
-                )
-            })?;
-            Ok((Keypair::from_secret(secret), false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-            let mut secret = [0u8; 32];
-            getrandom(&mut secret)?;
-            let kp = Keypair::from_secret(secret);
-            let mut opts = fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts
-                .open(&path)
-                .with_context(|| format!("cannot write the identity key {}", path.display()))?;
-            f.write_all(&secret)?;
-            Ok((kp, true))
-        }
-        Err(e) => {
-            Err(e).with_context(|| format!("cannot read the identity key {}", path.display()))
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StrategyArg {
+    Direct,
+    MultiHop,
+    Geographic,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::Direct => Strategy::Direct,
+            StrategyArg::MultiHop => Strategy::MultiHop,
+            StrategyArg::Geographic => Strategy::Geographic,
         }
     }
 }
 
-/// 32 bytes from the operating system's RNG.
-fn getrandom(buf: &mut [u8]) -> Result<()> {
-    let mut f = fs::File::open("/dev/urandom").context("cannot open /dev/urandom for a new key")?;
-    std::io::Read::read_exact(&mut f, buf).context("cannot read /dev/urandom")?;
-    Ok(())
-}
-
 fn main() {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn run(cli: Cli) -> Result<()> {
+    let policy = p2p::addr::AddrPolicy {
+        allow_private: cli.allow_private_addrs,
+    };
     match cli.command {
-        Command::Id { json } => {
-            let dir = match cli.state_dir {
-                Some(d) => d,
-                None => default_state_dir()?,
+        None => {
+            let Some(port) = cli.serve.port else {
+                bail!("give the local port to expose, e.g. `beam 8000` (see `beam --help`)");
             };
-            let (kp, created) = load_or_create_identity(&dir)?;
+            let dir = state::dir(cli.state_dir)?;
+            let (keypair, _) = state::load_or_create_identity(&dir)?;
+            let p = &cli.serve.p2p;
+            // A service with no bootstrap peer starts the network: it must answer lookups.
+            let default = if p.bootstrap.is_empty() {
+                Participation::Routing
+            } else {
+                Participation::Light
+            };
+            let config = p2p::Config {
+                keypair,
+                participation: p.participation(default),
+                listen: p.listen_or(0),
+                bootstrap: p.bootstrap.clone(),
+                policy,
+                service: Some(p2p::ServiceSpec {
+                    port,
+                    name: cli.serve.name.clone(),
+                }),
+            };
+            if let Some(name) = &cli.serve.name
+                && !beam_node::record::valid_name(name)
+            {
+                bail!(
+                    "`{name}` is not a valid name: use 1–63 of a-z, 0-9 and '-', not starting or \
+                     ending with '-'"
+                );
+            }
+            runtime()?.block_on(serve::run(config))
+        }
+        Some(Command::Node { p2p: p }) => {
+            let dir = state::dir(cli.state_dir)?;
+            let (keypair, _) = state::load_or_create_identity(&dir)?;
+            let config = p2p::Config {
+                keypair,
+                participation: p.participation(Participation::Routing),
+                listen: p.listen_or(4001),
+                bootstrap: p.bootstrap.clone(),
+                policy,
+                service: None,
+            };
+            runtime()?.block_on(serve::run(config))
+        }
+        Some(Command::Connect(args)) => {
+            let target: beam_node::app::ServiceRef = args.target.parse()?;
+            if args.p2p.bootstrap.is_empty() {
+                bail!(
+                    "beam connect needs a peer to join through: add --bootstrap MULTIADDR (an \
+                     address `beam <PORT>` or `beam node` printed; there is no central server)"
+                );
+            }
+            let dir = state::dir(cli.state_dir)?;
+            let (keypair, _) = state::load_or_create_identity(&dir)?;
+            let config = p2p::Config {
+                keypair,
+                participation: args.p2p.participation(Participation::Light),
+                listen: args.p2p.listen_or(0),
+                bootstrap: args.p2p.bootstrap.clone(),
+                policy,
+                service: None,
+            };
+            runtime()?.block_on(connect::run(
+                config,
+                connect::Options {
+                    target,
+                    port: args.port,
+                    strategy: args.strategy.into(),
+                    wait: std::time::Duration::from_secs(args.wait),
+                },
+            ))
+        }
+        Some(Command::Demo { json }) => runtime()?.block_on(demo::run(json)),
+        Some(Command::Id { json }) => {
+            let dir = state::dir(cli.state_dir)?;
+            let (kp, created) = state::load_or_create_identity(&dir)?;
             let key_file = dir.join("identity.key");
             if json {
                 println!(
-                    "{{\"peer_id\":\"{}\",\"key_file\":{:?},\"created\":{}}}",
-                    kp.peer_id(),
-                    key_file.display().to_string(),
-                    created
+                    "{}",
+                    serde_json::json!({
+                        "peer_id": kp.peer_id().to_string(),
+                        "key_file": key_file.display().to_string(),
+                        "created": created,
+                    })
                 );
             } else {
                 println!("{}", kp.peer_id());
@@ -125,11 +302,14 @@ fn run(cli: Cli) -> Result<()> {
                     eprintln!("created a new identity in {}", key_file.display());
                 }
             }
+            Ok(())
         }
-        Command::Parse { address } => match address.parse::<beam_node::PeerId>() {
-            Ok(id) => println!("{id}"),
+        Some(Command::Parse { address }) => match address.parse::<beam_node::PeerId>() {
+            Ok(id) => {
+                println!("{id}");
+                Ok(())
+            }
             Err(e) => bail!("{e}"),
         },
     }
-    Ok(())
 }

@@ -20,6 +20,8 @@
 //!   relays ([`routing::score`] chooses them), end to end encrypted with [`e2e`]; failover.
 //! - [`coords`] — Vivaldi network coordinates ([`coords::Vivaldi`], a pure data structure):
 //!   predict the RTT to a peer from the coordinates in its record.
+//! - [`app`] — the application layer both drivers share: a `beam://` address or a name →
+//!   the service's verified record ([`app::ServiceRef`], [`Node::resolve`]).
 //! - [`node`] — [`Node`], which composes the parts behind one calling contract.
 //!
 //! # Design
@@ -33,6 +35,7 @@
 //! everything a peer sends is checked before it is used.
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod coords;
 pub mod dht;
 pub mod e2e;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::app::{ResolveError, ResolveId, Resolver, ServiceRef, Step};
 use crate::coords::{Vivaldi, VivaldiConfig};
 use crate::dht::{self, Dht, DhtConfig, DhtError, Publish, QueryId};
 use crate::gossip::{Gossip, GossipConfig, GossipEvent, Topic};
@@ -106,6 +107,26 @@ pub enum Event {
     Dht(dht::Event),
     /// From the router.
     Route(RouteEvent),
+    /// A [`Node::resolve`] finished.
+    Resolved {
+        /// The resolve.
+        id: ResolveId,
+        /// The service's verified record, or why there is none.
+        result: Result<ServiceRecord, ResolveError>,
+        /// How its last DHT lookup went.
+        stats: dht::QueryStats,
+    },
+}
+
+/// How to reach a service over a stream the driver carries ([`Node::plan_route`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutePlan {
+    /// The service.
+    pub service: Contact,
+    /// The relays, in order (empty: direct).
+    pub relays: Vec<Contact>,
+    /// Whether the service can be dialled directly (false behind a NAT).
+    pub reachable: bool,
 }
 
 /// Counters of the node's traffic.
@@ -173,6 +194,9 @@ pub struct Node {
     peer_estimates: BTreeMap<PeerId, (f64, Instant)>,
     /// Service records announced by gossip (checked), newest per service.
     announced: BTreeMap<PeerId, Record>,
+    resolver: Resolver,
+    /// Finished resolves, to report.
+    resolved: std::collections::VecDeque<Event>,
     stats: NodeStats,
 }
 
@@ -242,6 +266,8 @@ impl Node {
             health_seq: 0,
             peer_estimates: BTreeMap::new(),
             announced: BTreeMap::new(),
+            resolver: Resolver::default(),
+            resolved: std::collections::VecDeque::new(),
             stats: NodeStats::default(),
         }
     }
@@ -278,6 +304,125 @@ impl Node {
     }
 
     // ---- commands ----
+
+    /// Takes the end-to-end handshakes' ephemeral keys from `entropy` — the OS RNG, which the
+    /// real driver must hand in. Left unset (the simulator), they come from the seed.
+    pub fn set_handshake_entropy(&mut self, entropy: routing::Entropy) {
+        self.router.set_handshake_entropy(entropy);
+    }
+
+    /// The wall clock reads `unix_now` at `now` (call after a suspend, and now and then): record
+    /// expiries follow the wall clock, not the monotonic one.
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_now: u64) {
+        self.dht.handle_wall_clock(now, unix_now);
+    }
+
+    /// Whether others can dial this node, as learned at run time (autonat, or the driver's own
+    /// check). A reachable server answers DHT queries, relays and gossips; an unreachable one
+    /// becomes a DHT client that relays nothing.
+    pub fn set_reachable(&mut self, now: Instant, reachable: bool) {
+        if self.config.reachable == reachable {
+            return;
+        }
+        self.config.reachable = reachable;
+        let server = reachable && self.config.participation.is_server();
+        self.config.dht.server = server;
+        self.config.router.relay = server;
+        self.dht.set_server(server);
+        self.router.set_relay(server);
+        if server && self.gossip.is_none() {
+            let seed = self.dht.random_u64();
+            self.gossip = Some(Gossip::new(GossipConfig::default(), self.peer_id(), seed));
+            self.next_gossip_sync = Some(now);
+            self.next_health = Some(now + HEALTH_INTERVAL);
+        } else if !server {
+            self.gossip = None;
+        }
+    }
+
+    /// Finds the verified service record of what `what` names (a name takes two lookups: the
+    /// name record, then the service record). Finishes with [`Event::Resolved`].
+    pub fn resolve(&mut self, now: Instant, what: &ServiceRef) -> Result<ResolveId, DhtError> {
+        let key = match what {
+            ServiceRef::Peer(p) => p.key(),
+            ServiceRef::Name(n) => Key::of_name(n),
+        };
+        let query = self.dht.get_record(now, key)?;
+        let id = self.resolver.next_id();
+        self.resolver.wait(query, id, what);
+        Ok(id)
+    }
+
+    fn on_resolve_step(&mut self, step: Step) {
+        match step {
+            Step::Done(id, result, stats) => {
+                self.resolved
+                    .push_back(Event::Resolved { id, result, stats })
+            }
+            Step::LookUpService(id, peer) => {
+                let now = self.last_now.unwrap_or(self.created);
+                match self.dht.get_record(now, peer.key()) {
+                    Ok(q) => self.resolver.wait(q, id, &ServiceRef::Peer(peer)),
+                    Err(e) => self.resolved.push_back(Event::Resolved {
+                        id,
+                        result: Err(ResolveError::Busy(e.to_string())),
+                        stats: dht::QueryStats::default(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The route to take to `record`'s service by `strategy`, avoiding `exclude` (relays that
+    /// failed already): the router's choice, with what it learned of each relay. The driver
+    /// carries the stream and reports with [`route_outcome`](Node::route_outcome).
+    pub fn plan_route(
+        &mut self,
+        record: &ServiceRecord,
+        strategy: Strategy,
+        exclude: &std::collections::BTreeSet<PeerId>,
+    ) -> Result<RoutePlan, RouteError> {
+        let (target, candidates, own) = self.target_of(record, strategy)?;
+        if strategy != Strategy::Direct && target.noise_key.is_none() {
+            return Err(RouteError::NoServiceKey);
+        }
+        let relays = self
+            .router
+            .plan(&target, strategy, candidates, own, exclude);
+        Ok(RoutePlan {
+            service: target.contact,
+            relays,
+            reachable: target.reachable,
+        })
+    }
+
+    /// How a route from [`plan_route`](Node::plan_route) went.
+    pub fn route_outcome(&mut self, relays: &[PeerId], ok: bool) {
+        self.router.route_outcome(relays, ok);
+    }
+
+    /// Whether to relay one more stream circuit, with `open` relayed now.
+    pub fn admit_circuit(&mut self, open: usize) -> bool {
+        self.router.admit_circuit(open)
+    }
+
+    /// Starts an end-to-end handshake with a service (its record's `noise_key`), for a stream.
+    pub fn start_e2e(
+        &mut self,
+        service_key: &[u8; 32],
+    ) -> Result<(crate::e2e::Initiator, Vec<u8>), crate::e2e::E2eError> {
+        self.router.start_e2e(service_key)
+    }
+
+    /// The responder of an end-to-end handshake, for a stream.
+    pub fn e2e_responder(&mut self) -> crate::e2e::Responder {
+        self.router.e2e_responder()
+    }
+
+    /// This node's end-to-end static public key (its service record's `noise_key`).
+    pub fn noise_key(&self) -> [u8; 32] {
+        self.noise_key
+    }
 
     /// Joins the network through `contacts`; see [`Dht::bootstrap`].
     pub fn bootstrap(&mut self, now: Instant, contacts: impl IntoIterator<Item = Contact>) {
@@ -477,6 +622,18 @@ impl Node {
         strategy: Strategy,
         body: Vec<u8>,
     ) -> Result<RequestId, RouteError> {
+        let (target, candidates, own) = self.target_of(record, strategy)?;
+        self.router
+            .request(now, target, strategy, body, candidates, own)
+    }
+
+    /// The router's view of a service and of the relays it could use.
+    #[allow(clippy::type_complexity)]
+    fn target_of(
+        &self,
+        record: &ServiceRecord,
+        strategy: Strategy,
+    ) -> Result<(Target, Vec<Candidate>, Option<crate::record::Coordinates>), RouteError> {
         let Some(endpoint) = record.endpoints.first() else {
             return Err(RouteError::NoEndpoint);
         };
@@ -509,9 +666,7 @@ impl Node {
                 })
                 .collect()
         };
-        let own = self.coordinates();
-        self.router
-            .request(now, target, strategy, body, candidates, own)
+        Ok((target, candidates, self.coordinates()))
     }
 
     /// The relays for a node behind a NAT: the table entries with the lowest predicted RTT
@@ -637,7 +792,13 @@ impl Node {
 
     /// The transport could not reach `peer`, or lost its connection.
     pub fn handle_peer_unreachable(&mut self, now: Instant, peer: &PeerId) {
-        self.dht.handle_peer_unreachable(now, peer)
+        self.last_now = Some(now);
+        self.dht.handle_peer_unreachable(now, peer);
+        self.router.handle_peer_unreachable(now, peer);
+        self.router.handle_timeout(now);
+        if let Some(g) = self.gossip.as_mut() {
+            g.remove_peer(peer);
+        }
     }
 
     /// Call when [`poll_timeout`](Node::poll_timeout) is reached.
@@ -714,8 +875,20 @@ impl Node {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        if let Some(e) = self.dht.poll_event() {
-            return Some(Event::Dht(e));
+        while let Some(e) = self.dht.poll_event() {
+            match e {
+                dht::Event::GetRecord {
+                    id, record, stats, ..
+                } if self.resolver.owns(&id) => {
+                    if let Some(step) = self.resolver.on_record(id, record, stats) {
+                        self.on_resolve_step(step);
+                    }
+                }
+                e => return Some(Event::Dht(e)),
+            }
+        }
+        if let Some(e) = self.resolved.pop_front() {
+            return Some(e);
         }
         while let Some(e) = self.gossip.as_mut().and_then(Gossip::poll_event) {
             let now = self.last_now.unwrap_or_else(|| self.dht_epoch());

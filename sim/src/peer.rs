@@ -24,7 +24,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use beam_node::dht::{self, Publish, QueryId};
+use beam_node::app::{ResolveId, ServiceRef};
+use beam_node::dht::Publish;
 use beam_node::record::ServiceRecord;
 use beam_node::routing::{RequestId, RouteEvent, Strategy};
 use beam_node::wire::{self, Contact, DhtMessage, Message, Request, Response, RouteMessage};
@@ -91,7 +92,7 @@ pub struct SimPeer {
     stale: BTreeMap<Key, Record>,
     metrics: Rc<RefCell<Metrics>>,
     strategy: Strategy,
-    lookups: BTreeMap<QueryId, u64>,
+    lookups: BTreeMap<ResolveId, u64>,
     in_flight: BTreeMap<RequestId, u64>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
 }
@@ -152,16 +153,11 @@ impl SimPeer {
     fn pump(&mut self, now: Instant) {
         while let Some(ev) = self.node.poll_event() {
             match ev {
-                beam_node::Event::Dht(dht::Event::GetRecord {
-                    id, record, stats, ..
-                }) => {
+                beam_node::Event::Resolved { id, result, stats } => {
                     let Some(req) = self.lookups.remove(&id) else {
                         continue;
                     };
-                    let service = match record {
-                        Some(Record::Service(s)) => Some(s.body),
-                        _ => None,
-                    };
+                    let service = result.ok();
                     self.metrics
                         .borrow_mut()
                         .lookup_done(req, service.is_some(), &stats);
@@ -291,12 +287,14 @@ impl Protocol for SimPeer {
                     tracing::warn!(peer = self.index, error = %e, "publish failed");
                 }
             }
-            Command::Request { id, service } => match self.node.get_record(now, service.key()) {
-                Ok(q) => {
-                    self.lookups.insert(q, id);
+            Command::Request { id, service } => {
+                match self.node.resolve(now, &ServiceRef::Peer(service)) {
+                    Ok(q) => {
+                        self.lookups.insert(q, id);
+                    }
+                    Err(_) => self.metrics.borrow_mut().lookup_refused(id),
                 }
-                Err(_) => self.metrics.borrow_mut().lookup_refused(id),
-            },
+            }
             Command::Snapshot => {
                 let est = self.node.network_size_estimate();
                 let mut m = self.metrics.borrow_mut();

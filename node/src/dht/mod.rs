@@ -430,6 +430,20 @@ impl Dht {
         self.refresh_rounds_done >= 2
     }
 
+    /// The wall clock reads `unix_now` at `now`: re-anchors record times. The monotonic clock
+    /// stops while a machine is suspended and the wall clock does not, so without this a node
+    /// that slept an hour would keep serving records that expired while it slept.
+    pub fn handle_wall_clock(&mut self, now: Instant, unix_now: u64) {
+        let elapsed = now.saturating_duration_since(self.epoch).as_secs();
+        self.unix_at_epoch = unix_now.saturating_sub(elapsed);
+    }
+
+    /// Switches between DHT server (answers queries, may be put in others' tables) and client
+    /// (asks only): reachability is learned at run time.
+    pub fn set_server(&mut self, server: bool) {
+        self.config.server = server;
+    }
+
     /// Unix time (seconds) at `now`.
     pub fn unix_time(&self, now: Instant) -> u64 {
         self.unix_at_epoch + now.saturating_duration_since(self.epoch).as_secs()

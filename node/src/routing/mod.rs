@@ -58,6 +58,10 @@ pub struct RouterConfig {
     pub max_relayed_per_s: u32,
     /// Most relays whose trust is remembered.
     pub max_trust_entries: usize,
+    /// Most stream circuits ([`Router::admit_circuit`]) relayed at once.
+    pub max_circuits: usize,
+    /// Most frames queued for the driver; more are dropped and counted.
+    pub max_queued_transmits: usize,
 }
 
 impl Default for RouterConfig {
@@ -72,6 +76,8 @@ impl Default for RouterConfig {
             max_sessions: 1024,
             max_relayed_per_s: 5000,
             max_trust_entries: 4096,
+            max_circuits: 256,
+            max_queued_transmits: 4096,
         }
     }
 }
@@ -155,7 +161,18 @@ pub enum RouteError {
     /// A relayed route needs the service's end-to-end key, and its record has none.
     #[error("the service record has no end-to-end key, so it cannot be reached through relays")]
     NoServiceKey,
+    /// The request does not fit in a route frame.
+    #[error("the request is {0} bytes; a routed request carries at most {MAX_REQUEST_BODY}")]
+    BodyTooLarge(usize),
 }
+
+/// The largest request body [`Router::request`] accepts: what fits in a route frame with the
+/// end-to-end handshake around it.
+pub const MAX_REQUEST_BODY: usize = MAX_ROUTE_DATA - 256;
+
+/// Where the handshake keys of a real node come from: the operating system's RNG, handed in by
+/// the driver ([`Router::set_handshake_entropy`]). The core itself never reads it.
+pub type Entropy = Box<dyn RngCore + Send>;
 
 /// Counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -172,6 +189,12 @@ pub struct RouterStats {
     pub punches: u64,
     /// Hole punches that opened a direct path.
     pub punches_succeeded: u64,
+    /// Frames dropped because the driver's queue was full.
+    pub transmits_dropped: u64,
+    /// Stream circuits relayed (admitted).
+    pub circuits_admitted: u64,
+    /// Stream circuits refused (not a relay, or at `max_circuits`).
+    pub circuits_refused: u64,
 }
 
 /// What travels in a route frame's `data`.
@@ -245,6 +268,9 @@ pub struct Router {
     local: PeerId,
     static_key: StaticKey,
     rng: ChaCha8Rng,
+    /// The handshake keys' source under the real driver; `None` in the simulator, where they
+    /// come from `rng` (seeded, so runs repeat).
+    entropy: Option<Entropy>,
     next_request: u64,
     requests: BTreeMap<RequestId, Outgoing>,
     routes: BTreeMap<u64, RequestId>,
@@ -287,6 +313,7 @@ impl Router {
             local,
             static_key,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            entropy: None,
             next_request: 1,
             requests: BTreeMap::new(),
             routes: BTreeMap::new(),
@@ -308,6 +335,135 @@ impl Router {
         &self.stats
     }
 
+    /// Takes the handshakes' ephemeral keys from `entropy` (the OS RNG, under the real driver)
+    /// instead of the seeded stream. Only the simulator may leave keys seeded: whoever knows the
+    /// seed can read every session.
+    pub fn set_handshake_entropy(&mut self, entropy: Entropy) {
+        self.entropy = Some(entropy);
+    }
+
+    /// 32 fresh bytes for one handshake.
+    pub fn handshake_seed(&mut self) -> [u8; 32] {
+        handshake_seed(&mut self.entropy, &mut self.rng)
+    }
+
+    /// Starts an end-to-end handshake with the service whose static key is `service_key`, for
+    /// a stream the driver carries: the initiator and message 1.
+    pub fn start_e2e(
+        &mut self,
+        service_key: &[u8; 32],
+    ) -> Result<(Initiator, Vec<u8>), crate::e2e::E2eError> {
+        let seed = self.handshake_seed();
+        Initiator::start(&self.static_key, service_key, seed)
+    }
+
+    /// The responder side of an end-to-end handshake, for a stream the driver carries.
+    pub fn e2e_responder(&mut self) -> Responder {
+        let seed = self.handshake_seed();
+        Responder::new(&self.static_key, seed)
+    }
+
+    /// Chooses the relays for a stream route to `target` (empty: go direct), with what the
+    /// router has learned of each relay. The driver carries the bytes and reports the outcome
+    /// with [`route_outcome`](Router::route_outcome), so the choice and the learning are the
+    /// same code the simulator measures.
+    pub fn plan(
+        &mut self,
+        target: &Target,
+        strategy: Strategy,
+        candidates: Vec<Candidate>,
+        own_coords: Option<Coordinates>,
+        exclude: &BTreeSet<PeerId>,
+    ) -> Vec<Contact> {
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .map(|mut c| {
+                c.trust = self.trust(&c.contact.peer);
+                c
+            })
+            .collect();
+        if !target.reachable && !self.punched.contains(&target.contact.peer) {
+            // Behind a NAT: through one of the relays it keeps open, the most trusted first.
+            let mut usable: Vec<&Contact> = target
+                .relays
+                .iter()
+                .filter(|r| !exclude.contains(&r.peer) && r.peer != self.local)
+                .collect();
+            usable.sort_by(|a, b| {
+                self.trust(&b.peer)
+                    .success
+                    .total_cmp(&self.trust(&a.peer).success)
+            });
+            return usable
+                .first()
+                .map(|c| vec![(*c).clone()])
+                .unwrap_or_default();
+        }
+        score::choose(
+            strategy,
+            &candidates,
+            &self.local,
+            &target.contact.peer,
+            own_coords.as_ref(),
+            target.coords.as_ref(),
+            exclude,
+            self.config.multi_hop_relays,
+            &mut self.rng,
+        )
+    }
+
+    /// How a stream route through `relays` went: trust learns from it.
+    pub fn route_outcome(&mut self, relays: &[PeerId], ok: bool) {
+        for r in relays {
+            let t = self.trust.entry(*r).or_default();
+            if ok {
+                t.on_success();
+            } else {
+                t.on_failure();
+            }
+        }
+        self.bound_trust();
+    }
+
+    /// Whether this node relays one more stream circuit, with `open` circuits relayed now.
+    pub fn admit_circuit(&mut self, open: usize) -> bool {
+        if self.config.relay && open < self.config.max_circuits {
+            self.stats.circuits_admitted += 1;
+            true
+        } else {
+            self.stats.circuits_refused += 1;
+            false
+        }
+    }
+
+    /// Records that a hole punch to `service` worked (the driver's DCUtR did it): new routes to
+    /// it go direct.
+    pub fn punched(&mut self, service: PeerId) {
+        if self.punched.len() >= self.config.max_trust_entries {
+            self.punched.pop_first();
+        }
+        self.punched.insert(service);
+    }
+
+    /// Whether this node relays for others.
+    pub fn set_relay(&mut self, relay: bool) {
+        self.config.relay = relay;
+    }
+
+    /// The transport lost `peer` (or could not reach it): every attempt whose first hop it is
+    /// fails at the next [`handle_timeout`](Router::handle_timeout) instead of waiting out its
+    /// timeout.
+    pub fn handle_peer_unreachable(&mut self, now: Instant, peer: &PeerId) {
+        for out in self.requests.values_mut() {
+            let service = out.target.contact.peer;
+            if let Some(a) = out.current.as_mut()
+                && a.relays.first().map_or(service, |c| c.peer) == *peer
+            {
+                a.deadline = a.deadline.min(now);
+            }
+        }
+    }
+
     /// What the router has learned about `relay`.
     pub fn trust(&self, relay: &PeerId) -> Trust {
         self.trust.get(relay).copied().unwrap_or_default()
@@ -325,6 +481,9 @@ impl Router {
     ) -> Result<RequestId, RouteError> {
         if self.requests.len() >= self.config.max_requests {
             return Err(RouteError::TooManyRequests(self.requests.len()));
+        }
+        if body.len() > MAX_REQUEST_BODY {
+            return Err(RouteError::BodyTooLarge(body.len()));
         }
         if strategy != Strategy::Direct && target.noise_key.is_none() {
             return Err(RouteError::NoServiceKey);
@@ -367,15 +526,20 @@ impl Router {
         };
         self.relay_checks
             .insert(route, (relay.peer, now + self.config.attempt_timeout));
-        self.transmits.push_back((
-            relay,
-            RouteMessage::Forward {
-                route,
-                ahead: vec![me],
-                behind: vec![],
-                data,
-            },
-        ));
+        push_bounded(
+            &mut self.transmits,
+            self.config.max_queued_transmits,
+            &mut self.stats.transmits_dropped,
+            (
+                relay,
+                RouteMessage::Forward {
+                    route,
+                    ahead: vec![me],
+                    behind: vec![],
+                    data,
+                },
+            ),
+        );
     }
 
     /// Answers a request this node received as a service.
@@ -402,14 +566,19 @@ impl Router {
             return;
         }
         let next = path.remove(0);
-        self.transmits.push_back((
-            next,
-            RouteMessage::Backward {
-                route: reply.route,
-                ahead: path,
-                data,
-            },
-        ));
+        push_bounded(
+            &mut self.transmits,
+            self.config.max_queued_transmits,
+            &mut self.stats.transmits_dropped,
+            (
+                next,
+                RouteMessage::Backward {
+                    route: reply.route,
+                    ahead: path,
+                    data,
+                },
+            ),
+        );
     }
 
     /// Starts the next attempt of request `id`, or fails it.
@@ -467,15 +636,20 @@ impl Router {
             // Our own probe opens our mapping; the Punch through the relay asks the service
             // to probe us, which opens its own.
             if let Some(probe) = encode(&RouteData::Probe) {
-                self.transmits.push_back((
-                    out.target.contact.clone(),
-                    RouteMessage::Forward {
-                        route,
-                        ahead: vec![],
-                        behind: vec![],
-                        data: probe,
-                    },
-                ));
+                push_bounded(
+                    &mut self.transmits,
+                    self.config.max_queued_transmits,
+                    &mut self.stats.transmits_dropped,
+                    (
+                        out.target.contact.clone(),
+                        RouteMessage::Forward {
+                            route,
+                            ahead: vec![],
+                            behind: vec![],
+                            data: probe,
+                        },
+                    ),
+                );
             }
             self.stats.punches += 1;
             // Ask through every relay the service lists but the one the route names: one
@@ -487,15 +661,20 @@ impl Router {
                     .iter()
                     .filter(|r| !relays.iter().any(|x| x.peer == r.peer))
                 {
-                    self.transmits.push_back((
-                        r.clone(),
-                        RouteMessage::Forward {
-                            route,
-                            ahead: vec![out.target.contact.clone()],
-                            behind: vec![],
-                            data: punch.clone(),
-                        },
-                    ));
+                    push_bounded(
+                        &mut self.transmits,
+                        self.config.max_queued_transmits,
+                        &mut self.stats.transmits_dropped,
+                        (
+                            r.clone(),
+                            RouteMessage::Forward {
+                                route,
+                                ahead: vec![out.target.contact.clone()],
+                                behind: vec![],
+                                data: punch.clone(),
+                            },
+                        ),
+                    );
                 }
             }
             (Phase::Punching, encode(&RouteData::Punch))
@@ -509,7 +688,7 @@ impl Router {
             let Some(key) = out.target.noise_key else {
                 return;
             };
-            let seed: [u8; 32] = self.rng.random();
+            let seed = handshake_seed(&mut self.entropy, &mut self.rng);
             match Initiator::start(&self.static_key, &key, seed) {
                 Ok((init, msg1)) => (
                     Phase::Handshaking(Box::new(init)),
@@ -543,15 +722,20 @@ impl Router {
         let mut path: Vec<Contact> = relays.to_vec();
         path.push(target.clone());
         let next = path.remove(0);
-        self.transmits.push_back((
-            next,
-            RouteMessage::Forward {
-                route,
-                ahead: path,
-                behind: vec![],
-                data,
-            },
-        ));
+        push_bounded(
+            &mut self.transmits,
+            self.config.max_queued_transmits,
+            &mut self.stats.transmits_dropped,
+            (
+                next,
+                RouteMessage::Forward {
+                    route,
+                    ahead: path,
+                    behind: vec![],
+                    data,
+                },
+            ),
+        );
     }
 
     fn bound_trust(&mut self) {
@@ -576,7 +760,12 @@ impl Router {
             return;
         }
         self.stats.relayed += 1;
-        self.transmits.push_back((next, frame));
+        push_bounded(
+            &mut self.transmits,
+            self.config.max_queued_transmits,
+            &mut self.stats.transmits_dropped,
+            (next, frame),
+        );
     }
 
     fn relay_allowed(&mut self, now: Instant) -> bool {
@@ -666,7 +855,7 @@ impl Router {
                 });
             }
             RouteData::Hello(msg1) => {
-                let seed: [u8; 32] = self.rng.random();
+                let seed = self.handshake_seed();
                 match Responder::new(&self.static_key, seed).respond(&msg1) {
                     Ok((pending, msg2)) => {
                         self.handshakes.insert(key, pending);
@@ -674,14 +863,19 @@ impl Router {
                         if let Some(data) = encode(&RouteData::HelloAck(msg2)) {
                             let mut path: Vec<Contact> = behind.iter().rev().cloned().collect();
                             let next = path.remove(0);
-                            self.transmits.push_back((
-                                next,
-                                RouteMessage::Backward {
-                                    route,
-                                    ahead: path,
-                                    data,
-                                },
-                            ));
+                            push_bounded(
+                                &mut self.transmits,
+                                self.config.max_queued_transmits,
+                                &mut self.stats.transmits_dropped,
+                                (
+                                    next,
+                                    RouteMessage::Backward {
+                                        route,
+                                        ahead: path,
+                                        data,
+                                    },
+                                ),
+                            );
                         }
                     }
                     Err(_) => self.stats.bad_frames += 1,
@@ -710,15 +904,20 @@ impl Router {
             }
             RouteData::Punch => {
                 if let (Some(client), Some(probe)) = (behind.first(), encode(&RouteData::Probe)) {
-                    self.transmits.push_back((
-                        client.clone(),
-                        RouteMessage::Forward {
-                            route,
-                            ahead: vec![],
-                            behind: vec![],
-                            data: probe,
-                        },
-                    ));
+                    push_bounded(
+                        &mut self.transmits,
+                        self.config.max_queued_transmits,
+                        &mut self.stats.transmits_dropped,
+                        (
+                            client.clone(),
+                            RouteMessage::Forward {
+                                route,
+                                ahead: vec![],
+                                behind: vec![],
+                                data: probe,
+                            },
+                        ),
+                    );
                 }
             }
             RouteData::Probe => {
@@ -914,6 +1113,28 @@ impl Router {
             .filter_map(|o| o.current.as_ref().map(|a| a.deadline))
             .chain(self.relay_checks.values().map(|(_, d)| *d))
             .min()
+    }
+}
+
+/// 32 bytes for a handshake: from `entropy` when the driver gave one, else from the seeded `rng`.
+fn handshake_seed(entropy: &mut Option<Entropy>, rng: &mut ChaCha8Rng) -> [u8; 32] {
+    match entropy.as_mut() {
+        Some(e) => {
+            let mut seed = [0u8; 32];
+            e.fill_bytes(&mut seed);
+            seed
+        }
+        // As the simulator always drew them, so its runs stay byte-identical.
+        None => rng.random(),
+    }
+}
+
+/// Queues `item` unless `queue` holds `cap` already; then counts it in `dropped`.
+fn push_bounded<T>(queue: &mut VecDeque<T>, cap: usize, dropped: &mut u64, item: T) {
+    if queue.len() >= cap {
+        *dropped += 1;
+    } else {
+        queue.push_back(item);
     }
 }
 

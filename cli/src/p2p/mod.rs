@@ -1,0 +1,1031 @@
+//! The libp2p driver: the `beam-node` core on a real network.
+//!
+//! # Layout
+//!
+//! - [`addr`] — peer ids and addresses between libp2p and the core; which addresses may be
+//!   dialled or published.
+//! - [`frame`] — length-prefixed frames on streams.
+//! - this module — the node task: one loop that owns the libp2p [`Swarm`] and the core
+//!   [`Node`], and the [`Handle`] the rest of the binary talks to it through.
+//! - [`tunnel`] — the data plane: `/beam/tunnel/1` (direct) and `/beam/circuit/1` (through
+//!   relays, end-to-end encrypted by the core's Noise XK).
+//!
+//! # Design
+//!
+//! The core chooses, the driver carries. The core's messages travel on three stream
+//! protocols (`/beam/dht/1`, `/beam/route/1`, `/beam/gossip/1`) as length-prefixed frames, by
+//! [`PeerId`](beam_node::PeerId): an address in a [`Transmit`](beam_node::Transmit) is only a
+//! dial hint. Each peer has one writer task with a bounded queue (full → the message is dropped
+//! and counted; the loop never waits on a peer) that opens its streams lazily and closes them
+//! after [`WRITER_IDLE`], so control traffic does not hold idle connections open. Readers
+//! hand frames to the loop through one bounded channel.
+//!
+//! The address a peer is known by is the listen address it announced in identify (checked
+//! against [`addr::AddrPolicy`]), never the ephemeral port of its TCP connection: frames from a
+//! peer whose identify has not arrived yet wait for it (briefly, bounded).
+//!
+//! The loop is the core's calling contract: after every input it drains `poll_transmit` and
+//! `poll_event`, then sleeps until `poll_timeout`. Every `select!` is `biased;` (commands, then
+//! the network, then timers), as in the simulator's driver.
+
+pub mod addr;
+pub mod frame;
+pub mod tunnel;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use beam_node::app::{ResolveError, ResolveId, ServiceRef};
+use beam_node::dht::{self, Publish, QueryId};
+use beam_node::record::{Participation, RecordError, ServiceRecord};
+use beam_node::routing::Strategy;
+use beam_node::wire::{self, Contact, Message};
+use beam_node::{Addr, Event, Keypair, Node, NodeConfig};
+use futures::StreamExt;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use addr::{AddrPolicy, from_libp2p, split_peer, to_libp2p};
+
+/// The DHT's messages.
+pub const PROTO_DHT: StreamProtocol = StreamProtocol::new("/beam/dht/1");
+/// The router's datagram frames (relay checks, request/response routes).
+pub const PROTO_ROUTE: StreamProtocol = StreamProtocol::new("/beam/route/1");
+/// Gossip.
+pub const PROTO_GOSSIP: StreamProtocol = StreamProtocol::new("/beam/gossip/1");
+/// A direct tunnel: one stream per forwarded TCP connection.
+pub const PROTO_TUNNEL: StreamProtocol = StreamProtocol::new("/beam/tunnel/1");
+/// A circuit through relays.
+pub const PROTO_CIRCUIT: StreamProtocol = StreamProtocol::new("/beam/circuit/1");
+
+/// identify's protocol version: peers that announce another are not beam peers.
+const IDENTIFY_VERSION: &str = "/beam/1";
+/// A writer with nothing to send for this long closes its streams and ends.
+pub const WRITER_IDLE: Duration = Duration::from_secs(30);
+/// A control stream with nothing to read for this long is closed.
+const READER_IDLE: Duration = Duration::from_secs(90);
+/// Messages queued per peer before more are dropped.
+const WRITER_QUEUE: usize = 256;
+/// Frames from all readers queued for the loop before more are dropped.
+const INBOUND_QUEUE: usize = 4096;
+/// Most control streams read at once (all peers together).
+const MAX_READERS: usize = 1024;
+/// How long frames from a peer wait for its identify before they are handled anyway.
+const IDENTIFY_WAIT: Duration = Duration::from_secs(2);
+/// Most frames held per peer while waiting for its identify.
+const MAX_PENDING_PER_PEER: usize = 64;
+/// How often the loop does its housekeeping (bootstrap retries, republish, wall clock).
+const TICK: Duration = Duration::from_millis(500);
+/// Bootstrap peers that could not be reached are dialled again this often.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(5);
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The node's identity.
+    pub keypair: Keypair,
+    /// What it does for the network.
+    pub participation: Participation,
+    /// Where to listen.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through (with or without `/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Which addresses may be dialled and published.
+    pub policy: AddrPolicy,
+    /// The service to publish, if any.
+    pub service: Option<ServiceSpec>,
+}
+
+/// A service this node publishes.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// The local port tunnels are forwarded to.
+    pub port: u16,
+    /// The name to claim, if any.
+    pub name: Option<String>,
+}
+
+/// What the loop tells the user interface.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    /// A listen address is up.
+    Listening(Multiaddr),
+    /// Joined the network (or, with no bootstrap peer, started one).
+    Joined {
+        /// Peers in the routing table.
+        peers: usize,
+        /// Whether there was no bootstrap peer to join through.
+        alone: bool,
+    },
+    /// A bootstrap peer could not be reached.
+    BootstrapUnreachable {
+        /// Its address.
+        addr: Multiaddr,
+        /// Why.
+        error: String,
+    },
+    /// A record was published.
+    Published {
+        /// Which.
+        what: PublishedWhat,
+        /// Peers that stored it.
+        stored: usize,
+        /// Peers that refused it.
+        refused: usize,
+        /// Why the first refused it.
+        refusal: Option<RecordError>,
+    },
+}
+
+/// Which record a [`Notice::Published`] is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublishedWhat {
+    /// The service record.
+    Service,
+    /// The name record of this name.
+    Name(String),
+}
+
+/// Counters shared between the loop, the tunnels and the user interface.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Peers with an open connection.
+    pub connected: AtomicUsize,
+    /// Core messages dropped because a peer's queue was full or it could not be sent.
+    pub dropped_out: AtomicU64,
+    /// Frames dropped on the way in (queue full, malformed, oversized, not a beam peer).
+    pub dropped_in: AtomicU64,
+    /// Tunnel connections open now.
+    pub tunnels_open: AtomicUsize,
+    /// Tunnel connections served or made in total.
+    pub tunnels_total: AtomicU64,
+    /// Tunnel bytes received from peers.
+    pub bytes_in: AtomicU64,
+    /// Tunnel bytes sent to peers.
+    pub bytes_out: AtomicU64,
+    /// Circuits relayed for others, open now.
+    pub circuits_open: AtomicUsize,
+    /// Bytes relayed for others (both directions).
+    pub bytes_relayed: AtomicU64,
+}
+
+/// A snapshot of the node for `beam status` and the status line.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// `beam://…`.
+    pub peer_id: String,
+    /// The libp2p peer id (for `/p2p/…` in multiaddrs).
+    pub libp2p_id: String,
+    /// Participation level.
+    pub participation: String,
+    /// Listen addresses.
+    pub listen: Vec<String>,
+    /// Peers with an open connection.
+    pub peers_connected: usize,
+    /// Entries in the routing table.
+    pub routing_table: usize,
+    /// Estimated DHT servers online (measured; `None` before the first lookup).
+    pub network_size_estimate: Option<f64>,
+}
+
+/// A route the core chose for a stream.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The service and its endpoints.
+    pub service: beam_node::PeerId,
+    /// Where the service can be dialled.
+    pub endpoints: Vec<Multiaddr>,
+    /// The relays, in order, with their addresses.
+    pub relays: Vec<(beam_node::PeerId, Multiaddr)>,
+    /// The service's end-to-end key.
+    pub noise_key: Option<[u8; 32]>,
+}
+
+enum Cmd {
+    Resolve(
+        ServiceRef,
+        oneshot::Sender<Result<ServiceRecord, ResolveError>>,
+    ),
+    Plan(
+        Box<ServiceRecord>,
+        Strategy,
+        BTreeSet<beam_node::PeerId>,
+        oneshot::Sender<Result<Route, String>>,
+    ),
+    Outcome(Vec<beam_node::PeerId>, bool),
+    Admit(oneshot::Sender<bool>),
+    Dial(libp2p::PeerId, Vec<Multiaddr>),
+    StartE2e(
+        [u8; 32],
+        oneshot::Sender<Result<(beam_node::e2e::Initiator, Vec<u8>), String>>,
+    ),
+    Responder(oneshot::Sender<beam_node::e2e::Responder>),
+    Status(oneshot::Sender<Status>),
+}
+
+/// The running node, as the rest of the binary sees it. Cloning is cheap.
+#[derive(Clone)]
+pub struct Handle {
+    cmd: mpsc::Sender<Cmd>,
+    /// Opens streams to peers.
+    pub control: libp2p_stream::Control,
+    /// This node's id.
+    pub peer: beam_node::PeerId,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(make(tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("the node has stopped"))?;
+        rx.await
+            .map_err(|_| anyhow::anyhow!("the node has stopped"))
+    }
+
+    /// Finds the verified service record of a name or address.
+    pub async fn resolve(&self, what: ServiceRef) -> Result<Result<ServiceRecord, ResolveError>> {
+        self.ask(|tx| Cmd::Resolve(what, tx)).await
+    }
+
+    /// The route the core chooses to `record`'s service, avoiding `exclude`.
+    pub async fn plan(
+        &self,
+        record: &ServiceRecord,
+        strategy: Strategy,
+        exclude: BTreeSet<beam_node::PeerId>,
+    ) -> Result<Route> {
+        self.ask(|tx| Cmd::Plan(Box::new(record.clone()), strategy, exclude, tx))
+            .await?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// How a route went (trust learns from it).
+    pub async fn outcome(&self, relays: Vec<beam_node::PeerId>, ok: bool) {
+        let _ = self.cmd.send(Cmd::Outcome(relays, ok)).await;
+    }
+
+    /// Whether to relay one more circuit.
+    pub async fn admit_circuit(&self) -> bool {
+        self.ask(Cmd::Admit).await.unwrap_or(false)
+    }
+
+    /// Makes sure there is (or will be) a connection to `peer`, dialling `addrs` if needed.
+    pub async fn dial(&self, peer: libp2p::PeerId, addrs: Vec<Multiaddr>) {
+        let _ = self.cmd.send(Cmd::Dial(peer, addrs)).await;
+    }
+
+    /// Starts an end-to-end handshake with a service's static key.
+    pub async fn start_e2e(&self, key: [u8; 32]) -> Result<(beam_node::e2e::Initiator, Vec<u8>)> {
+        self.ask(|tx| Cmd::StartE2e(key, tx))
+            .await?
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// A responder for an end-to-end handshake.
+    pub async fn e2e_responder(&self) -> Result<beam_node::e2e::Responder> {
+        self.ask(Cmd::Responder).await
+    }
+
+    /// A snapshot of the node.
+    pub async fn status(&self) -> Result<Status> {
+        self.ask(Cmd::Status).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// Starts the node: binds its listeners and spawns its loop. Returns the handle and the
+/// notices for the user interface.
+pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<Notice>)> {
+    let mut secret = config.keypair.secret();
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
+        .context("the identity key is not a valid ed25519 key")?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .context("cannot set up the TCP transport")?
+        .with_quic()
+        .with_behaviour(|key| Behaviour {
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                    .with_agent_version(format!("beam/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::default(),
+            stream: libp2p_stream::Behaviour::new(),
+        })
+        .context("cannot set up the libp2p behaviours")?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).with_context(|| {
+            format!("cannot listen on {addr}: is the port in use, or the address not this host's?")
+        })?;
+    }
+    let control = swarm.behaviour().stream.new_control();
+    let stats = Arc::new(Stats::default());
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let readers = Arc::new(tokio::sync::Semaphore::new(MAX_READERS));
+    for proto in [PROTO_DHT, PROTO_ROUTE, PROTO_GOSSIP] {
+        let mut c = control.clone();
+        let incoming = c
+            .accept(proto.clone())
+            .context("protocol registered twice")?;
+        tokio::spawn(accept_control(
+            incoming,
+            inbound_tx.clone(),
+            stats.clone(),
+            readers.clone(),
+        ));
+    }
+    let now = Instant::now();
+    // Reachable until shown otherwise: the record's endpoints are what the service listens on.
+    let node_config = NodeConfig::new(config.participation);
+    let mut os_rng = rand::rngs::StdRng::from_os_rng();
+    let mut node = Node::new(
+        node_config,
+        config.keypair.clone(),
+        rand::RngCore::next_u64(&mut os_rng),
+        now,
+        unix_now(),
+    );
+    // Handshake keys from the OS RNG: only the simulator may seed them.
+    node.set_handshake_entropy(Box::new(os_rng));
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (notice_tx, notice_rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        cmd: cmd_tx,
+        control: control.clone(),
+        peer: config.keypair.peer_id(),
+        stats: stats.clone(),
+    };
+    let bootstrap = config
+        .bootstrap
+        .iter()
+        .map(|a| {
+            let (base, id) = split_peer(a);
+            BootstrapPeer {
+                addr: base,
+                id,
+                connected: false,
+                next_try: now,
+            }
+        })
+        .collect();
+    let driver = Driver {
+        node,
+        swarm,
+        control,
+        policy: config.policy,
+        participation: config.participation,
+        service: config.service,
+        writers: HashMap::new(),
+        awaiting_dial: HashMap::new(),
+        known_addr: HashMap::new(),
+        pending_in: HashMap::new(),
+        listen: BTreeSet::new(),
+        bootstrap,
+        joined: false,
+        published: None,
+        publishing: BTreeMap::new(),
+        resolves: BTreeMap::new(),
+        notices: notice_tx,
+        stats,
+        last_wall_clock: now,
+    };
+    tokio::spawn(driver.run(cmd_rx, inbound_rx));
+    Ok((handle, notice_rx))
+}
+
+/// Unix time in seconds.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct BootstrapPeer {
+    addr: Multiaddr,
+    id: Option<libp2p::PeerId>,
+    connected: bool,
+    next_try: Instant,
+}
+
+struct Driver {
+    node: Node,
+    swarm: Swarm<Behaviour>,
+    control: libp2p_stream::Control,
+    policy: AddrPolicy,
+    participation: Participation,
+    service: Option<ServiceSpec>,
+    writers: HashMap<libp2p::PeerId, mpsc::Sender<(StreamProtocol, Vec<u8>)>>,
+    /// Messages for peers being dialled.
+    awaiting_dial: HashMap<libp2p::PeerId, Vec<(StreamProtocol, Vec<u8>)>>,
+    /// Each peer's identify-confirmed listen address (a usable one).
+    known_addr: HashMap<libp2p::PeerId, Multiaddr>,
+    /// Frames from peers whose identify has not arrived: since when, and the frames.
+    pending_in: HashMap<libp2p::PeerId, (Instant, Vec<Vec<u8>>)>,
+    /// This node's own usable listen addresses.
+    listen: BTreeSet<Multiaddr>,
+    bootstrap: Vec<BootstrapPeer>,
+    joined: bool,
+    /// The endpoints of the service record last published.
+    published: Option<BTreeSet<Multiaddr>>,
+    publishing: BTreeMap<QueryId, PublishedWhat>,
+    resolves: BTreeMap<ResolveId, oneshot::Sender<Result<ServiceRecord, ResolveError>>>,
+    notices: mpsc::UnboundedSender<Notice>,
+    stats: Arc<Stats>,
+    last_wall_clock: Instant,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Cmd>,
+        mut inbound: mpsc::Receiver<(libp2p::PeerId, Vec<u8>)>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.dial_bootstrap(Instant::now());
+        loop {
+            let deadline = self
+                .node
+                .poll_timeout()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+            tokio::select! {
+                biased;
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd),
+                    None => break,
+                },
+                Some((peer, bytes)) = inbound.recv() => self.on_frame(peer, bytes),
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                _ = tick.tick() => self.housekeeping(),
+                _ = sleep => self.node.handle_timeout(Instant::now()),
+            }
+            self.drain();
+        }
+    }
+
+    /// Drains the node until both `poll_transmit` and `poll_event` return `None` in one pass:
+    /// handling an event can queue messages (a resolve's second lookup starts inside
+    /// `poll_event`), so the transmits are polled again after the events.
+    fn drain(&mut self) {
+        loop {
+            while let Some(t) = self.node.poll_transmit() {
+                self.send(t);
+            }
+            let mut events = false;
+            while let Some(e) = self.node.poll_event() {
+                events = true;
+                self.on_event(e);
+            }
+            let mut sent = false;
+            while let Some(t) = self.node.poll_transmit() {
+                sent = true;
+                self.send(t);
+            }
+            if !events && !sent {
+                break;
+            }
+        }
+    }
+
+    fn send(&mut self, t: beam_node::Transmit) {
+        let Some(pid) = to_libp2p(&t.to) else {
+            self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let proto = match &t.message {
+            Message::Dht(_) => PROTO_DHT,
+            Message::Route(_) => PROTO_ROUTE,
+            Message::Gossip(_) => PROTO_GOSSIP,
+        };
+        let Ok(bytes) = t.encode() else {
+            self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !self.swarm.is_connected(&pid) {
+            // Held here until the connection is up: a stream opened before it would race the
+            // dial and fail.
+            let q = self.awaiting_dial.entry(pid).or_default();
+            if q.len() >= WRITER_QUEUE {
+                self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            q.push((proto, bytes));
+            if q.len() > 1 {
+                return; // a dial is under way already
+            }
+            match t.addr.as_str().parse::<Multiaddr>() {
+                Ok(a) if self.policy.usable(&split_peer(&a).0) => {
+                    self.dial(pid, vec![split_peer(&a).0]);
+                }
+                _ if self.known_addr.contains_key(&pid) => {
+                    let a = self.known_addr[&pid].clone();
+                    self.dial(pid, vec![a]);
+                }
+                _ => {
+                    // An address we will not dial (private, malformed): as good as unreachable.
+                    self.awaiting_dial.remove(&pid);
+                    self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+                    self.node.handle_peer_unreachable(Instant::now(), &t.to);
+                }
+            }
+            return;
+        }
+        self.write_to(pid, proto, bytes);
+    }
+
+    fn write_to(&mut self, pid: libp2p::PeerId, proto: StreamProtocol, bytes: Vec<u8>) {
+        let tx = match self.writers.get(&pid) {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+                tokio::spawn(writer(self.control.clone(), pid, rx));
+                self.writers.insert(pid, tx.clone());
+                tx
+            }
+        };
+        if tx.try_send((proto, bytes)).is_err() {
+            self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn dial(&mut self, pid: libp2p::PeerId, addrs: Vec<Multiaddr>) {
+        if self.swarm.is_connected(&pid) || pid == *self.swarm.local_peer_id() {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .map(|a| split_peer(&a).0)
+            .filter(|a| self.policy.usable(a))
+            .collect();
+        let opts = DialOpts::peer_id(pid)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(error = %e, "dial not started");
+        }
+    }
+
+    fn on_frame(&mut self, pid: libp2p::PeerId, bytes: Vec<u8>) {
+        let Some(peer) = from_libp2p(&pid) else {
+            self.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match self.known_addr.get(&pid) {
+            Some(a) => {
+                let addr = Addr::new(a.to_string());
+                self.node
+                    .handle_datagram(Instant::now(), peer, addr, &bytes);
+            }
+            None => {
+                let (_, q) = self
+                    .pending_in
+                    .entry(pid)
+                    .or_insert_with(|| (Instant::now(), vec![]));
+                if q.len() < MAX_PENDING_PER_PEER {
+                    q.push(bytes);
+                } else {
+                    self.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Hands a peer's waiting frames to the node, with `addr` as its address (empty if none).
+    fn flush_pending(&mut self, pid: libp2p::PeerId) {
+        let Some((_, frames)) = self.pending_in.remove(&pid) else {
+            return;
+        };
+        let Some(peer) = from_libp2p(&pid) else {
+            return;
+        };
+        let addr = Addr::new(
+            self.known_addr
+                .get(&pid)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        );
+        for f in frames {
+            self.node
+                .handle_datagram(Instant::now(), peer, addr.clone(), &f);
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        let now = Instant::now();
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if self.policy.usable(&address) {
+                    self.listen.insert(address.clone());
+                }
+                let _ = self.notices.send(Notice::Listening(address));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen.remove(&address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                self.stats
+                    .connected
+                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                if endpoint.is_dialer() {
+                    let remote = split_peer(endpoint.get_remote_address()).0;
+                    self.on_bootstrap_connected(now, peer_id, &remote);
+                }
+                for (proto, bytes) in self.awaiting_dial.remove(&peer_id).unwrap_or_default() {
+                    self.write_to(peer_id, proto, bytes);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                self.stats
+                    .connected
+                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                if num_established == 0 {
+                    self.flush_pending(peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let msg = error.to_string();
+                for b in &mut self.bootstrap {
+                    if !b.connected && (b.id.is_none() || b.id == peer_id) && msg_mentions(&msg, b)
+                    {
+                        let _ = self.notices.send(Notice::BootstrapUnreachable {
+                            addr: b.addr.clone(),
+                            error: first_line(&msg),
+                        });
+                    }
+                }
+                if let Some(pid) = peer_id
+                    && !self.swarm.is_connected(&pid)
+                    && let Some(peer) = from_libp2p(&pid)
+                {
+                    if let Some(q) = self.awaiting_dial.remove(&pid) {
+                        self.stats
+                            .dropped_out
+                            .fetch_add(q.len() as u64, Ordering::Relaxed);
+                    }
+                    self.node.handle_peer_unreachable(now, &peer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocol_version != IDENTIFY_VERSION {
+                    return;
+                }
+                let mut usable: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .iter()
+                    .map(|a| split_peer(a).0)
+                    .filter(|a| self.policy.usable(a))
+                    .collect();
+                usable.sort_by_key(|a| !addr::is_tcp(a));
+                if let Some(a) = usable.into_iter().next() {
+                    self.known_addr.insert(peer_id, a);
+                }
+                self.flush_pending(peer_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_bootstrap_connected(&mut self, now: Instant, pid: libp2p::PeerId, remote: &Multiaddr) {
+        let Some(peer) = from_libp2p(&pid) else {
+            return;
+        };
+        let mut contacts = vec![];
+        for b in &mut self.bootstrap {
+            if !b.connected && (b.addr == *remote || b.id == Some(pid)) {
+                b.connected = true;
+                b.id = Some(pid);
+                contacts.push(Contact {
+                    peer,
+                    addr: Addr::new(b.addr.to_string()),
+                });
+            }
+        }
+        if !contacts.is_empty() {
+            self.known_addr.entry(pid).or_insert_with(|| remote.clone());
+            self.node.bootstrap(now, contacts);
+        }
+    }
+
+    fn dial_bootstrap(&mut self, now: Instant) {
+        if self.bootstrap.is_empty() && !self.joined {
+            self.joined = true;
+            let _ = self.notices.send(Notice::Joined {
+                peers: 0,
+                alone: true,
+            });
+        }
+        for i in 0..self.bootstrap.len() {
+            let b = &mut self.bootstrap[i];
+            if b.connected || b.next_try > now {
+                continue;
+            }
+            b.next_try = now + BOOTSTRAP_RETRY;
+            let opts = match b.id {
+                Some(id) => DialOpts::peer_id(id)
+                    .addresses(vec![b.addr.clone()])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
+            };
+            let addr = b.addr.clone();
+            if let Err(e) = self.swarm.dial(opts) {
+                let _ = self.notices.send(Notice::BootstrapUnreachable {
+                    addr,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        if !self.joined || self.bootstrap.iter().all(|b| !b.connected) {
+            self.dial_bootstrap(now);
+        }
+        let stale: Vec<libp2p::PeerId> = self
+            .pending_in
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_duration_since(*since) >= IDENTIFY_WAIT)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            self.flush_pending(p);
+        }
+        if now.saturating_duration_since(self.last_wall_clock) >= Duration::from_secs(60) {
+            self.last_wall_clock = now;
+            self.node.handle_wall_clock(now, unix_now());
+        }
+        self.writers.retain(|_, tx| !tx.is_closed());
+        self.publish_if_due(now);
+    }
+
+    /// Publishes the service record (and name) once joined and listening, and again when the
+    /// endpoints change.
+    fn publish_if_due(&mut self, now: Instant) {
+        let Some(spec) = self.service.clone() else {
+            return;
+        };
+        if !self.joined || self.listen.is_empty() {
+            return;
+        }
+        if self.published.as_ref() == Some(&self.listen) {
+            return;
+        }
+        let first = self.published.is_none();
+        self.published = Some(self.listen.clone());
+        let mut endpoints: Vec<Multiaddr> = self.listen.iter().cloned().collect();
+        endpoints.sort_by_key(|a| !addr::is_tcp(a));
+        let record = ServiceRecord {
+            peer: self.node.peer_id(),
+            seq: 0,
+            expires: 0,
+            tor_address: None,
+            endpoints: endpoints
+                .iter()
+                .take(beam_node::record::MAX_ENDPOINTS)
+                .map(|a| Addr::new(a.to_string()))
+                .collect(),
+            relays: vec![],
+            reachable: true,
+            coordinates: None,
+            participation: self.participation,
+            noise_key: None,
+        };
+        match self.node.publish(now, Publish::Service(record)) {
+            Ok(q) => {
+                self.publishing.insert(q, PublishedWhat::Service);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot publish the service record"),
+        }
+        if first && let Some(name) = spec.name {
+            match self.node.publish(now, Publish::Name(name.clone())) {
+                Ok(q) => {
+                    self.publishing.insert(q, PublishedWhat::Name(name));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot publish the name"),
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Resolved { id, result, .. } => {
+                if let Some(tx) = self.resolves.remove(&id) {
+                    let _ = tx.send(result);
+                }
+            }
+            Event::Dht(dht::Event::Bootstrapped { peers }) => {
+                if !self.joined {
+                    self.joined = true;
+                    let _ = self.notices.send(Notice::Joined {
+                        peers,
+                        alone: false,
+                    });
+                    self.publish_if_due(Instant::now());
+                }
+            }
+            Event::Dht(dht::Event::PutRecord {
+                id,
+                stored,
+                refused,
+                refusal,
+                ..
+            }) => {
+                if let Some(what) = self.publishing.remove(&id) {
+                    let _ = self.notices.send(Notice::Published {
+                        what,
+                        stored,
+                        refused,
+                        refusal,
+                    });
+                }
+            }
+            Event::Route(beam_node::routing::RouteEvent::Request { reply, .. }) => {
+                // Datagram requests are the simulator's workload; a real service answers over
+                // tunnels. Answer empty so the asker does not wait out its timeout.
+                self.node.respond(Instant::now(), reply, vec![]);
+            }
+            Event::Dht(_) | Event::Route(_) => {}
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        let now = Instant::now();
+        match cmd {
+            Cmd::Resolve(what, tx) => match self.node.resolve(now, &what) {
+                Ok(id) => {
+                    self.resolves.insert(id, tx);
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(ResolveError::Busy(e.to_string())));
+                }
+            },
+            Cmd::Plan(record, strategy, exclude, tx) => {
+                let plan = self
+                    .node
+                    .plan_route(&record, strategy, &exclude)
+                    .map_err(|e| e.to_string())
+                    .map(|p| Route {
+                        service: record.peer,
+                        endpoints: record
+                            .endpoints
+                            .iter()
+                            .filter_map(|a| a.as_str().parse().ok())
+                            .collect(),
+                        relays: p
+                            .relays
+                            .iter()
+                            .filter_map(|c| Some((c.peer, c.addr.as_str().parse().ok()?)))
+                            .collect(),
+                        noise_key: record.noise_key,
+                    });
+                let _ = tx.send(plan);
+            }
+            Cmd::Outcome(relays, ok) => self.node.route_outcome(&relays, ok),
+            Cmd::Admit(tx) => {
+                let open = self.stats.circuits_open.load(Ordering::Relaxed);
+                let _ = tx.send(self.node.admit_circuit(open));
+            }
+            Cmd::Dial(pid, addrs) => self.dial(pid, addrs),
+            Cmd::StartE2e(key, tx) => {
+                let _ = tx.send(self.node.start_e2e(&key).map_err(|e| e.to_string()));
+            }
+            Cmd::Responder(tx) => {
+                let _ = tx.send(self.node.e2e_responder());
+            }
+            Cmd::Status(tx) => {
+                let _ = tx.send(Status {
+                    peer_id: self.node.peer_id().to_string(),
+                    libp2p_id: self.swarm.local_peer_id().to_string(),
+                    participation: format!("{:?}", self.participation).to_lowercase(),
+                    listen: self.listen.iter().map(|a| a.to_string()).collect(),
+                    peers_connected: self.swarm.connected_peers().count(),
+                    routing_table: self.node.dht().table().len(),
+                    network_size_estimate: self.node.network_size_estimate(),
+                });
+            }
+        }
+    }
+}
+
+fn msg_mentions(msg: &str, b: &BootstrapPeer) -> bool {
+    b.id.is_some() || msg.contains(&b.addr.to_string())
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
+
+/// Accepts control streams of one protocol and spawns a reader for each.
+async fn accept_control(
+    mut incoming: libp2p_stream::IncomingStreams,
+    to_loop: mpsc::Sender<(libp2p::PeerId, Vec<u8>)>,
+    stats: Arc<Stats>,
+    readers: Arc<tokio::sync::Semaphore>,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let Ok(permit) = readers.clone().try_acquire_owned() else {
+            stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+            continue; // at the bound: the stream is dropped (reset)
+        };
+        let (to_loop, stats) = (to_loop.clone(), stats.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut s = stream.compat();
+            loop {
+                match tokio::time::timeout(READER_IDLE, frame::read(&mut s, wire::MAX_MESSAGE_SIZE))
+                    .await
+                {
+                    Ok(Ok(Some(bytes))) => {
+                        if to_loop.try_send((peer, bytes)).is_err() {
+                            stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Ok(None)) | Err(_) => break,
+                    Ok(Err(e)) => {
+                        stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "closed a control stream");
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Sends the core's messages to one peer: opens a stream per protocol when first needed,
+/// writes frames in order, and ends after [`WRITER_IDLE`] with nothing to send or when the peer
+/// cannot be reached.
+async fn writer(
+    mut control: libp2p_stream::Control,
+    peer: libp2p::PeerId,
+    mut rx: mpsc::Receiver<(StreamProtocol, Vec<u8>)>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut streams: HashMap<StreamProtocol, tokio_util::compat::Compat<libp2p::Stream>> =
+        HashMap::new();
+    while let Ok(Some((proto, bytes))) = tokio::time::timeout(WRITER_IDLE, rx.recv()).await {
+        if !streams.contains_key(&proto) {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                control.open_stream(peer, proto.clone()),
+            )
+            .await
+            {
+                Ok(Ok(s)) => {
+                    streams.insert(proto.clone(), s.compat());
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot open a control stream");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        let Some(s) = streams.get_mut(&proto) else {
+            continue;
+        };
+        let ok = frame::write(s, &bytes).await.is_ok() && s.flush().await.is_ok();
+        if !ok {
+            streams.remove(&proto);
+        }
+    }
+    for (_, mut s) in streams {
+        let _ = s.shutdown().await;
+    }
+}

@@ -1,0 +1,594 @@
+//! The data plane: TCP connections carried over libp2p streams.
+//!
+//! # Direct: `/beam/tunnel/1`
+//!
+//! One stream per forwarded TCP connection. The client writes a version byte; the service
+//! connects to its local port and answers one status byte ([`Status`]), then bytes flow both
+//! ways, half-close passed on. libp2p's Noise, authenticated to the service's peer id (the same
+//! ed25519 key as its `beam://` address), already is end to end here: no second cipher.
+//!
+//! # Through relays: `/beam/circuit/1`
+//!
+//! The first frame is a [`CircuitHeader`] naming the hops still ahead. A relay asks the core
+//! to admit the circuit, opens a stream to the next hop with the header minus that hop, and
+//! splices the two streams (backpressure hop by hop from yamux's windows). A stream whose
+//! header names no hop is for the receiver: it runs the core's Noise XK handshake as the
+//! responder (the client holds the service's static key from its signed record), and from
+//! then on every frame is sealed. Relays see the header and ciphertext only.
+//!
+//! Sealed frames must arrive in order: the receiver checks each frame's nonce against the next
+//! one expected, so a relay cannot drop, repeat or reorder data without the connection failing.
+//! The end of the data is itself a sealed (empty) frame, so a relay cannot truncate a transfer
+//! into one that looks complete: a stream that ends without it fails, and the local TCP
+//! connection is reset rather than closed.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use beam_node::e2e::{MAX_PLAINTEXT, Session};
+use beam_node::wire::MAX_RELAYS_PER_ROUTE;
+use futures::StreamExt;
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+use super::addr::to_libp2p;
+use super::{Handle, PROTO_CIRCUIT, PROTO_TUNNEL, Route, frame};
+
+/// The tunnel protocol's version byte.
+const TUNNEL_V1: u8 = 1;
+/// Largest circuit header read.
+const MAX_HEADER: usize = 4096;
+/// Largest handshake message read.
+const MAX_HANDSHAKE: usize = 1024;
+/// Each setup step (open a stream, a handshake message, the status) must finish within this.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the far end says when a tunnel is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Connected to the service's local port.
+    Ok,
+    /// The service's local port refused the connection.
+    LocalRefused,
+    /// The peer reached runs no service.
+    NoService,
+    /// A relay refused the circuit (not a relay, or at its bound).
+    RelayRefused,
+    /// A relay could not reach the next hop.
+    NextHopFailed,
+    /// Anything else.
+    Unknown(u8),
+}
+
+impl Status {
+    fn to_byte(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::LocalRefused => 1,
+            Status::NoService => 2,
+            Status::RelayRefused => 3,
+            Status::NextHopFailed => 4,
+            Status::Unknown(b) => b,
+        }
+    }
+
+    fn from_byte(b: u8) -> Self {
+        match b {
+            0 => Status::Ok,
+            1 => Status::LocalRefused,
+            2 => Status::NoService,
+            3 => Status::RelayRefused,
+            4 => Status::NextHopFailed,
+            b => Status::Unknown(b),
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "connected",
+            Status::LocalRefused => {
+                "the service is up but nothing accepts connections on its local port"
+            }
+            Status::NoService => "the peer reached runs no service",
+            Status::RelayRefused => "a relay refused the circuit",
+            Status::NextHopFailed => "a relay could not reach the next hop",
+            Status::Unknown(_) => "the far end answered with an unknown status",
+        })
+    }
+}
+
+/// The first frame of a circuit: the hops still ahead (the last is the service).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CircuitHeader {
+    /// `(peer id, multiaddr)` of each hop.
+    pub hops: Vec<([u8; 32], String)>,
+}
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The far end (or a relay) said no.
+    #[error("{0}")]
+    Refused(Status),
+    /// A stream could not be opened or broke during setup.
+    #[error("cannot reach {what}: {error}")]
+    Unreachable {
+        /// Which hop.
+        what: String,
+        /// Why.
+        error: String,
+    },
+    /// The end-to-end handshake failed (a wrong key, or a relay altering data).
+    #[error("the end-to-end handshake with the service failed: {0}")]
+    Handshake(String),
+}
+
+/// An open tunnel, before it carries a TCP connection.
+pub enum Tunnel {
+    /// Direct: libp2p's encryption is end to end.
+    Plain(Compat<libp2p::Stream>),
+    /// Through relays: sealed by the end-to-end session.
+    Sealed(Compat<libp2p::Stream>, Box<Session>),
+}
+
+/// An opened tunnel and what its setup cost.
+#[derive(Debug)]
+pub struct Opened {
+    /// The tunnel.
+    pub tunnel: Tunnel,
+    /// From asking for the tunnel to the service's status: one round trip of the route plus
+    /// setup (stream negotiation; on relayed routes the handshake).
+    pub setup: Duration,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tunnel::Plain(_) => "Tunnel::Plain",
+            Tunnel::Sealed(..) => "Tunnel::Sealed",
+        })
+    }
+}
+
+async fn step<T, E: std::fmt::Display>(
+    what: &str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, OpenError> {
+    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(OpenError::Unreachable {
+            what: what.to_string(),
+            error: e.to_string(),
+        }),
+        Err(_) => Err(OpenError::Unreachable {
+            what: what.to_string(),
+            error: format!("no answer within {} s", STEP_TIMEOUT.as_secs()),
+        }),
+    }
+}
+
+/// Opens a tunnel to the service along `route`.
+pub async fn open(handle: &Handle, route: &Route) -> Result<Opened, OpenError> {
+    let start = Instant::now();
+    let service = to_libp2p(&route.service).ok_or_else(|| OpenError::Unreachable {
+        what: "the service".into(),
+        error: "its id is not an ed25519 key".into(),
+    })?;
+    let mut control = handle.control.clone();
+    if route.relays.is_empty() {
+        handle.dial(service, route.endpoints.clone()).await;
+        let s = step(
+            "the service",
+            control.open_stream(service, PROTO_TUNNEL.clone()),
+        )
+        .await?;
+        let mut s = s.compat();
+        step("the service", async {
+            s.write_all(&[TUNNEL_V1]).await?;
+            s.flush().await
+        })
+        .await?;
+        let mut b = [0u8; 1];
+        step("the service", s.read_exact(&mut b)).await?;
+        return match Status::from_byte(b[0]) {
+            Status::Ok => Ok(Opened {
+                tunnel: Tunnel::Plain(s),
+                setup: start.elapsed(),
+            }),
+            st => Err(OpenError::Refused(st)),
+        };
+    }
+    let Some(key) = route.noise_key else {
+        return Err(OpenError::Handshake(
+            "the service record has no end-to-end key".into(),
+        ));
+    };
+    let (first, first_addr) = &route.relays[0];
+    let first_pid = to_libp2p(first).ok_or_else(|| OpenError::Unreachable {
+        what: "the first relay".into(),
+        error: "its id is not an ed25519 key".into(),
+    })?;
+    handle.dial(first_pid, vec![first_addr.clone()]).await;
+    let mut hops: Vec<([u8; 32], String)> = route
+        .relays
+        .iter()
+        .skip(1)
+        .map(|(p, a)| (*p.as_bytes(), a.to_string()))
+        .collect();
+    hops.push((
+        *route.service.as_bytes(),
+        route
+            .endpoints
+            .first()
+            .map(Multiaddr::to_string)
+            .unwrap_or_default(),
+    ));
+    let header = postcard::to_stdvec(&CircuitHeader { hops })
+        .map_err(|e| OpenError::Handshake(format!("cannot encode the circuit header: {e}")))?;
+    let s = step(
+        "the first relay",
+        control.open_stream(first_pid, PROTO_CIRCUIT.clone()),
+    )
+    .await?;
+    let mut s = s.compat();
+    let (init, msg1) = handle
+        .start_e2e(key)
+        .await
+        .map_err(|e| OpenError::Handshake(e.to_string()))?;
+    step("the first relay", async {
+        frame::write(&mut s, &header).await?;
+        frame::write(&mut s, &msg1).await?;
+        s.flush().await
+    })
+    .await?;
+    let msg2 = step("the service", frame::read(&mut s, MAX_HANDSHAKE))
+        .await?
+        .ok_or_else(|| OpenError::Unreachable {
+            what: "the service".into(),
+            error: "the circuit closed during the handshake".into(),
+        })?;
+    if msg2.len() == 1 {
+        // Not a handshake message: a relay's (or the far end's) refusal.
+        return Err(OpenError::Refused(Status::from_byte(msg2[0])));
+    }
+    let (mut session, msg3) = init
+        .finish(&msg2, &[TUNNEL_V1])
+        .map_err(|e| OpenError::Handshake(e.to_string()))?;
+    step("the service", async {
+        frame::write(&mut s, &msg3).await?;
+        s.flush().await
+    })
+    .await?;
+    let status = step("the service", frame::read(&mut s, MAX_HANDSHAKE))
+        .await?
+        .ok_or_else(|| OpenError::Unreachable {
+            what: "the service".into(),
+            error: "the circuit closed during the handshake".into(),
+        })?;
+    let status =
+        open_in_order(&mut session, &status, 0).map_err(|e| OpenError::Handshake(e.to_string()))?;
+    match status.first().copied().map(Status::from_byte) {
+        Some(Status::Ok) => Ok(Opened {
+            tunnel: Tunnel::Sealed(s, Box::new(session)),
+            setup: start.elapsed(),
+        }),
+        Some(st) => Err(OpenError::Refused(st)),
+        None => Err(OpenError::Refused(Status::Unknown(255))),
+    }
+}
+
+/// Decrypts a sealed frame that must carry nonce `expected`.
+fn open_in_order(session: &mut Session, frame: &[u8], expected: u64) -> io::Result<Vec<u8>> {
+    let nonce = frame
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes);
+    if nonce != Some(expected) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a sealed frame arrived out of order: the route altered the data",
+        ));
+    }
+    session
+        .decrypt(frame)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// Carries `tcp` over `tunnel` until both directions end; `next_nonce_in` is the nonce of the
+/// peer's next sealed frame (the client has read the status frame, 0, already). Counts bytes in
+/// `handle.stats`. On
+/// any error the TCP connection is reset, not closed, so the application sees a failure rather
+/// than a clean (possibly truncated) end.
+pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_nonce_in: u64) {
+    let stats = handle.stats.clone();
+    stats.tunnels_open.fetch_add(1, Ordering::Relaxed);
+    stats.tunnels_total.fetch_add(1, Ordering::Relaxed);
+    let result = match tunnel {
+        Tunnel::Plain(s) => {
+            let (tr, tw) = tcp.split();
+            let (sr, sw) = tokio::io::split(s);
+            tokio::try_join!(
+                copy_counted(tr, sw, &stats.bytes_out),
+                copy_counted(sr, tw, &stats.bytes_in)
+            )
+            .map(|_| ())
+        }
+        Tunnel::Sealed(s, session) => {
+            pump_sealed(&mut tcp, s, *session, next_nonce_in, &stats).await
+        }
+    };
+    stats.tunnels_open.fetch_sub(1, Ordering::Relaxed);
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "tunnel connection failed");
+        let _ = tcp.set_zero_linger();
+    }
+}
+
+/// Copies `r` to `w` until `r` ends, then half-closes `w`; counts the bytes as they pass.
+async fn copy_counted<R, W>(mut r: R, mut w: W, counter: &AtomicU64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+async fn pump_sealed(
+    tcp: &mut TcpStream,
+    s: Compat<libp2p::Stream>,
+    session: Session,
+    mut expected: u64,
+    stats: &super::Stats,
+) -> io::Result<()> {
+    let session = Arc::new(Mutex::new(session));
+    let (mut tr, mut tw) = tcp.split();
+    let (mut sr, mut sw) = tokio::io::split(s);
+    let seal = |plain: &[u8]| -> io::Result<Vec<u8>> {
+        session
+            .lock()
+            .map_err(|_| io::Error::other("session lock poisoned"))?
+            .encrypt(plain)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+    };
+    let up = async {
+        let mut buf = vec![0u8; MAX_PLAINTEXT];
+        loop {
+            let n = tr.read(&mut buf).await?;
+            let sealed = seal(&buf[..n])?;
+            frame::write(&mut sw, &sealed).await?;
+            sw.flush().await?;
+            stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            if n == 0 {
+                // The sealed empty frame says "end of data"; then half-close.
+                sw.shutdown().await?;
+                return Ok::<(), io::Error>(());
+            }
+        }
+    };
+    let down = async {
+        loop {
+            let Some(f) = frame::read(&mut sr, MAX_PLAINTEXT + 64).await? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the route closed before the end of the data: truncated",
+                ));
+            };
+            let plain = {
+                let mut guard = session
+                    .lock()
+                    .map_err(|_| io::Error::other("session lock poisoned"))?;
+                open_in_order(&mut guard, &f, expected)?
+            };
+            expected += 1;
+            if plain.is_empty() {
+                tw.shutdown().await?;
+                return Ok(());
+            }
+            tw.write_all(&plain).await?;
+            stats
+                .bytes_in
+                .fetch_add(plain.len() as u64, Ordering::Relaxed);
+        }
+    };
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+/// Accepts tunnels (when `service_port` is set) and circuits (always: for us, or to relay).
+pub fn spawn_acceptors(handle: &Handle, service_port: Option<u16>) -> anyhow::Result<()> {
+    let mut control = handle.control.clone();
+    if let Some(port) = service_port {
+        let mut incoming = control
+            .accept(PROTO_TUNNEL)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let h = handle.clone();
+        tokio::spawn(async move {
+            while let Some((_, stream)) = incoming.next().await {
+                let h = h.clone();
+                tokio::spawn(async move { serve_direct(&h, stream.compat(), port).await });
+            }
+        });
+    }
+    let mut incoming = control
+        .accept(PROTO_CIRCUIT)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let h = handle.clone();
+    tokio::spawn(async move {
+        while let Some((_, stream)) = incoming.next().await {
+            let h = h.clone();
+            tokio::spawn(async move { on_circuit(&h, stream.compat(), service_port).await });
+        }
+    });
+    Ok(())
+}
+
+async fn serve_direct(handle: &Handle, mut s: Compat<libp2p::Stream>, port: u16) {
+    let mut v = [0u8; 1];
+    if step("the client", s.read_exact(&mut v)).await.is_err() || v[0] != TUNNEL_V1 {
+        handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            if write_byte(&mut s, Status::Ok).await.is_ok() {
+                carry(handle, tcp, Tunnel::Plain(s), 0).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(port, error = %e, "a tunnel arrived but the local port refused it");
+            let _ = write_byte(&mut s, Status::LocalRefused).await;
+        }
+    }
+}
+
+async fn write_byte<W: AsyncWrite + Unpin>(w: &mut W, st: Status) -> io::Result<()> {
+    w.write_all(&[st.to_byte()]).await?;
+    w.flush().await
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, st: Status) {
+    let _ = frame::write(w, &[st.to_byte()]).await;
+    let _ = w.flush().await;
+    let _ = w.shutdown().await;
+}
+
+async fn on_circuit(handle: &Handle, mut s: Compat<libp2p::Stream>, service_port: Option<u16>) {
+    let header = match step("the previous hop", frame::read(&mut s, MAX_HEADER)).await {
+        Ok(Some(h)) => h,
+        _ => {
+            handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let Ok(header) = postcard::from_bytes::<CircuitHeader>(&header) else {
+        handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if header.hops.is_empty() {
+        match service_port {
+            Some(port) => serve_sealed(handle, s, port).await,
+            None => refuse(&mut s, Status::NoService).await,
+        }
+    } else {
+        relay(handle, s, header).await;
+    }
+}
+
+struct CircuitGuard<'a>(&'a super::Stats);
+
+impl Drop for CircuitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.circuits_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn relay(handle: &Handle, mut inbound: Compat<libp2p::Stream>, header: CircuitHeader) {
+    if header.hops.len() > MAX_RELAYS_PER_ROUTE + 1 || !handle.admit_circuit().await {
+        refuse(&mut inbound, Status::RelayRefused).await;
+        return;
+    }
+    handle.stats.circuits_open.fetch_add(1, Ordering::Relaxed);
+    let _guard = CircuitGuard(&handle.stats);
+    let (peer, addr) = &header.hops[0];
+    let next = to_libp2p(&beam_node::PeerId::from_bytes(*peer));
+    let (Some(next), Ok(addr)) = (next, addr.parse::<Multiaddr>()) else {
+        refuse(&mut inbound, Status::NextHopFailed).await;
+        return;
+    };
+    handle.dial(next, vec![addr]).await;
+    let mut control = handle.control.clone();
+    let Ok(out) = step(
+        "the next hop",
+        control.open_stream(next, PROTO_CIRCUIT.clone()),
+    )
+    .await
+    else {
+        refuse(&mut inbound, Status::NextHopFailed).await;
+        return;
+    };
+    let mut out = out.compat();
+    let rest = CircuitHeader {
+        hops: header.hops[1..].to_vec(),
+    };
+    let Ok(bytes) = postcard::to_stdvec(&rest) else {
+        return;
+    };
+    if frame::write(&mut out, &bytes).await.is_err() || out.flush().await.is_err() {
+        refuse(&mut inbound, Status::NextHopFailed).await;
+        return;
+    }
+    let (ir, iw) = tokio::io::split(inbound);
+    let (or, ow) = tokio::io::split(out);
+    let relayed = &handle.stats.bytes_relayed;
+    if let Err(e) = tokio::try_join!(copy_counted(ir, ow, relayed), copy_counted(or, iw, relayed)) {
+        tracing::debug!(error = %e, "relayed circuit ended with an error");
+    }
+}
+
+async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, port: u16) {
+    let Ok(responder) = handle.e2e_responder().await else {
+        return;
+    };
+    let result: Result<(), String> = async {
+        let msg1 = read_step(&mut s).await?;
+        let (pending, msg2) = responder.respond(&msg1).map_err(|e| e.to_string())?;
+        step("the client", async {
+            frame::write(&mut s, &msg2).await?;
+            s.flush().await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let msg3 = read_step(&mut s).await?;
+        let (mut session, first) = pending.finish(&msg3).map_err(|e| e.to_string())?;
+        if first != [TUNNEL_V1] {
+            return Err("unknown tunnel version".into());
+        }
+        let (tcp, st) = match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(tcp) => (Some(tcp), Status::Ok),
+            Err(e) => {
+                tracing::warn!(port, error = %e, "a tunnel arrived but the local port refused it");
+                (None, Status::LocalRefused)
+            }
+        };
+        let sealed = session
+            .encrypt(&[st.to_byte()])
+            .map_err(|e| e.to_string())?;
+        frame::write(&mut s, &sealed)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.flush().await.map_err(|e| e.to_string())?;
+        if let Some(tcp) = tcp {
+            let _ = tcp.set_nodelay(true);
+            carry(handle, tcp, Tunnel::Sealed(s, Box::new(session)), 0).await;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %e, "circuit handshake failed");
+    }
+}
+
+async fn read_step<R: AsyncRead + Unpin>(s: &mut R) -> Result<Vec<u8>, String> {
+    step("the client", frame::read(s, MAX_HANDSHAKE))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "the circuit closed during the handshake".to_string())
+}

@@ -1,0 +1,150 @@
+//! `beam <PORT>` and `beam node`: run a peer in the foreground, publish the service, show a
+//! live status line. Ctrl-C leaves.
+//!
+//! What it prints on stdout, one fact a line, so that a person can read it and a script can
+//! wait for a line (`published service`, `listening`):
+//!
+//! ```text
+//! beam://…                                  the service's address (same after a restart)
+//! forwarding to 127.0.0.1:8000
+//! listening /ip4/127.0.0.1/tcp/41234/p2p/12D3Koo…   give this to others as --bootstrap
+//! joined the network: 3 peers in the routing table
+//! published service record on 3 peers
+//! published name demo on 3 peers
+//! ```
+
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use beam_node::record::RecordError;
+
+use crate::p2p::{self, Notice, PublishedWhat};
+
+/// Runs the node until Ctrl-C.
+pub async fn run(config: p2p::Config) -> Result<()> {
+    let service = config.service.clone();
+    let peer = config.keypair.peer_id();
+    if let Some(s) = &service {
+        check_local_port(s.port).await;
+    }
+    let (handle, mut notices) = p2p::start(config).await?;
+    p2p::tunnel::spawn_acceptors(&handle, service.as_ref().map(|s| s.port))?;
+    let status = handle.status().await?;
+    println!("{peer}");
+    match &service {
+        Some(s) => println!("forwarding to 127.0.0.1:{}", s.port),
+        None => println!("node ({}), exposing nothing", status.participation),
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut line = tokio::time::interval(Duration::from_secs(2));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut ctrl_c => {
+                if tty {
+                    eprintln!();
+                }
+                eprintln!("stopping");
+                return Ok(());
+            }
+            n = notices.recv() => {
+                let Some(n) = n else { bail!("the node stopped") };
+                match n {
+                    Notice::Listening(a) => println!("listening {a}/p2p/{}", status.libp2p_id),
+                    Notice::Joined { peers, alone: true } => {
+                        let _ = peers;
+                        println!(
+                            "started a new network (no --bootstrap peer): others join through \
+                             the addresses above"
+                        );
+                    }
+                    Notice::Joined { peers, alone: false } => {
+                        println!("joined the network: {peers} peers in the routing table");
+                    }
+                    Notice::BootstrapUnreachable { addr, error } => {
+                        eprintln!(
+                            "warning: cannot reach bootstrap peer {addr}: {error} (retrying every \
+                             5 s; check the address and that the peer is running)"
+                        );
+                    }
+                    Notice::Published { what, stored, refused, refusal } => {
+                        match (what, refusal) {
+                            (PublishedWhat::Name(name), Some(RecordError::NameTaken)) => {
+                                bail!(
+                                    "the name `{name}` is taken by another key ({refused} peers \
+                                     refused it); choose another --name"
+                                );
+                            }
+                            (PublishedWhat::Service, _) => {
+                                println!("published service record on {}", holders(stored));
+                            }
+                            (PublishedWhat::Name(name), _) => {
+                                println!("published name {name} on {}", holders(stored));
+                            }
+                        }
+                    }
+                }
+            }
+            _ = line.tick(), if tty => {
+                if let Ok(s) = handle.status().await {
+                    let st = &handle.stats;
+                    let est = s
+                        .network_size_estimate
+                        .map_or("?".to_string(), |e| format!("~{e:.0}"));
+                    eprint!(
+                        "\rpeers {} · network {} · tunnels {} open / {} total · in {} · out {} · relayed {}   ",
+                        s.peers_connected,
+                        est,
+                        st.tunnels_open.load(Ordering::Relaxed),
+                        st.tunnels_total.load(Ordering::Relaxed),
+                        bytes(st.bytes_in.load(Ordering::Relaxed)),
+                        bytes(st.bytes_out.load(Ordering::Relaxed)),
+                        bytes(st.bytes_relayed.load(Ordering::Relaxed)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Warns (does not fail) when nothing listens on the local port yet: the service may start
+/// after beam; each tunnel says so again when it is refused.
+async fn check_local_port(port: u16) {
+    if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "warning: nothing is listening on 127.0.0.1:{port} yet; visitors will be refused \
+             until something does"
+        );
+    }
+}
+
+fn holders(stored: usize) -> String {
+    if stored == 0 {
+        "this node only (no other peer yet)".to_string()
+    } else {
+        format!("{stored} peers")
+    }
+}
+
+/// Bytes in human units.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
