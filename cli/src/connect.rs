@@ -62,7 +62,8 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     let route = handle.plan(&record, opts.strategy, BTreeSet::new()).await?;
     println!("route {}", describe(&route));
     println!("listening on {local} → {}", opts.target);
-    let record = Arc::new(record);
+    let record = Arc::new(tokio::sync::RwLock::new(record));
+    let target = Arc::new(opts.target.clone());
     let seq = Arc::new(AtomicU64::new(0));
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -83,10 +84,10 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
                 };
                 let _ = tcp.set_nodelay(true);
                 let (handle, record, seq) = (handle.clone(), record.clone(), seq.clone());
-                let strategy = opts.strategy;
+                let (strategy, target) = (opts.strategy, target.clone());
                 tokio::spawn(async move {
                     let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
-                    forward(&handle, &record, strategy, tcp, n).await;
+                    forward(&handle, &record, &target, strategy, tcp, n).await;
                 });
             }
         }
@@ -206,14 +207,28 @@ pub async fn open_with_failover(
     }))
 }
 
+/// Forwards one local connection. When the service cannot be reached with the record held, the
+/// record is looked up again once (a restarted service listens elsewhere and republishes).
 async fn forward(
     handle: &Handle,
-    record: &ServiceRecord,
+    record: &tokio::sync::RwLock<ServiceRecord>,
+    target: &ServiceRef,
     strategy: Strategy,
     tcp: TcpStream,
     n: u64,
 ) {
-    match open_with_failover(handle, record, strategy).await {
+    let current = record.read().await.clone();
+    let mut opened = open_with_failover(handle, &current, strategy).await;
+    if let Err(e) = &opened
+        && !matches!(e, OpenError::Refused(tunnel::Status::LocalRefused))
+        && let Ok(Ok(fresh)) = handle.resolve(target.clone()).await
+        && fresh.seq > current.seq
+    {
+        println!("connection {n}: the service moved (new record); retrying");
+        opened = open_with_failover(handle, &fresh, strategy).await;
+        *record.write().await = fresh;
+    }
+    match opened {
         Ok((route, opened)) => {
             println!(
                 "connection {n}: {}, setup {:.1} ms",

@@ -1,0 +1,214 @@
+//! Real `beam` processes on 127.0.0.1: a bootstrap node, two relays, a service in front of an
+//! HTTP server, and clients — by name, by `beam://` address, direct and multi-hop; a service
+//! restart; garbage on a node's port.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use beam_e2e::{
+    Beam, HttpServer, TempDir, body_of, free_port, http_get_retry, listen_addr, sha256,
+};
+
+const T: Duration = Duration::from_secs(30);
+const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
+
+struct Net {
+    boot: Beam,
+    boot_addr: String,
+    _relays: Vec<Beam>,
+    _dirs: Vec<TempDir>,
+}
+
+fn network(relays: usize) -> Net {
+    let mut dirs = vec![TempDir::new("boot")];
+    let mut boot = Beam::start(
+        "boot",
+        &[
+            "node",
+            "--p2p-full",
+            "--listen",
+            LOOPBACK,
+            "--state-dir",
+            dirs[0].path(),
+        ],
+    );
+    let boot_addr = listen_addr(&boot.wait_for("listening ", T));
+    let mut rs = vec![];
+    for i in 0..relays {
+        let d = TempDir::new(&format!("relay{i}"));
+        let mut r = Beam::start(
+            &format!("relay{i}"),
+            &[
+                "node",
+                "--p2p-routing",
+                "--listen",
+                LOOPBACK,
+                "--bootstrap",
+                &boot_addr,
+                "--state-dir",
+                d.path(),
+            ],
+        );
+        r.wait_for("joined the network", T);
+        rs.push(r);
+        dirs.push(d);
+    }
+    Net {
+        boot,
+        boot_addr,
+        _relays: rs,
+        _dirs: dirs,
+    }
+}
+
+fn service(net: &Net, port: u16, name: &str, dir: &TempDir) -> (Beam, String) {
+    let mut s = Beam::start(
+        "service",
+        &[
+            &port.to_string(),
+            "--name",
+            name,
+            "--listen",
+            LOOPBACK,
+            "--bootstrap",
+            &net.boot_addr,
+            "--state-dir",
+            dir.path(),
+        ],
+    );
+    let addr = s.wait_for("beam://", T);
+    s.wait_for(&format!("published name {name}"), T);
+    (s, addr)
+}
+
+fn connect(net: &Net, target: &str, strategy: &str, dir: &TempDir) -> (Beam, u16, Instant) {
+    let port = free_port();
+    let started = Instant::now();
+    let mut c = Beam::start(
+        "client",
+        &[
+            "connect",
+            target,
+            "--port",
+            &port.to_string(),
+            "--strategy",
+            strategy,
+            "--bootstrap",
+            &net.boot_addr,
+            "--listen",
+            LOOPBACK,
+            "--state-dir",
+            dir.path(),
+        ],
+    );
+    c.wait_for("listening on 127.0.0.1", T);
+    (c, port, started)
+}
+
+#[test]
+fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
+    let body = Arc::new(body_of(50 << 20, 7));
+    let want = sha256(&body);
+    let http = HttpServer::start(body.clone());
+    let net = network(2);
+    let sdir = TempDir::new("service");
+    let (_svc, addr) = service(&net, http.port, "demo", &sdir);
+
+    // By name, direct.
+    let cdir = TempDir::new("client");
+    let (mut c, port, started) = connect(&net, "demo", "direct", &cdir);
+    let f = http_get_retry(port, T);
+    eprintln!(
+        "direct by name: connect start → first byte {:?} (GET alone {:?})",
+        started
+            .elapsed()
+            .saturating_sub(Duration::ZERO)
+            .min(Duration::MAX),
+        f.first_byte
+    );
+    assert_eq!(f.body.len(), body.len(), "direct: whole body");
+    assert_eq!(sha256(&f.body), want, "direct: body matches by hash");
+    c.wait_for("connection 1: direct to", T);
+    drop(c);
+
+    // By beam:// address.
+    let cdir2 = TempDir::new("client2");
+    let (_c2, port2, _) = connect(&net, &addr, "direct", &cdir2);
+    let f = http_get_retry(port2, T);
+    assert_eq!(sha256(&f.body), want, "by address: body matches by hash");
+
+    // Multi-hop: through two relays, sealed end to end.
+    let cdir3 = TempDir::new("client3");
+    let (mut c3, port3, _) = connect(&net, "demo", "multi-hop", &cdir3);
+    let route = c3.wait_for("route ", T);
+    assert!(route.starts_with("route multi-hop via"), "{route}");
+    let f = http_get_retry(port3, T);
+    assert_eq!(sha256(&f.body), want, "multi-hop: body matches by hash");
+    let line = c3.wait_for("connection 1:", T);
+    assert!(line.contains("multi-hop via"), "{line}");
+    let hops = line
+        .split("via ")
+        .nth(1)
+        .and_then(|r| r.split(" to ").next())
+        .map(|r| r.split(", ").count());
+    assert_eq!(hops, Some(2), "two relays: {line}");
+}
+
+#[test]
+fn a_restarted_service_keeps_its_address_and_the_client_reconnects() {
+    let body = Arc::new(body_of(1 << 20, 3));
+    let want = sha256(&body);
+    let http = HttpServer::start(body.clone());
+    let net = network(0);
+    let sdir = TempDir::new("service");
+    let (mut svc, addr) = service(&net, http.port, "restart", &sdir);
+    let cdir = TempDir::new("client");
+    let (_c, port, _) = connect(&net, "restart", "direct", &cdir);
+    assert_eq!(sha256(&http_get_retry(port, T).body), want);
+    svc.kill();
+    let (_svc2, addr2) = service(&net, http.port, "restart", &sdir);
+    assert_eq!(addr, addr2, "same beam:// after a restart");
+    // The client still holds the old record (the service listens on a new port now): its next
+    // connection finds the new one.
+    let f = http_get_retry(port, T);
+    assert_eq!(sha256(&f.body), want, "after the restart");
+}
+
+#[test]
+fn garbage_on_a_nodes_port_leaves_it_up() {
+    use std::io::Write;
+    let body = Arc::new(body_of(64 << 10, 5));
+    let http = HttpServer::start(body.clone());
+    let mut net = network(0);
+    let port: u16 = net
+        .boot_addr
+        .split("/tcp/")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("tcp port in the bootstrap address");
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[0xff; 70_000][..],
+        &[0x13, 0x2f, 0x00][..],
+    ] {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(junk);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        net.boot.running(),
+        "the node survived garbage\n{}",
+        net.boot.dump()
+    );
+    let sdir = TempDir::new("service");
+    let (_svc, _) = service(&net, http.port, "after-junk", &sdir);
+    let cdir = TempDir::new("client");
+    let (_c, p, _) = connect(&net, "after-junk", "direct", &cdir);
+    assert_eq!(
+        http_get_retry(p, T).body,
+        *body,
+        "a request after the garbage works"
+    );
+}
