@@ -41,6 +41,13 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     p2p::tunnel::spawn_acceptors(&handle, None)?;
     wait_joined(&mut notices, opts.wait).await?;
     let record = resolve(&handle, &opts.target, opts.wait).await?;
+    tokio::spawn(async move {
+        while let Some(n) = notices.recv().await {
+            if let Notice::HolePunched { peer } = n {
+                println!("hole punched: direct connection to {}", peer.short());
+            }
+        }
+    });
     println!(
         "resolved {} → {} ({} endpoints) in {} ms",
         opts.target,
@@ -147,6 +154,7 @@ async fn resolve(handle: &Handle, target: &ServiceRef, wait: Duration) -> Result
 pub fn describe(route: &Route) -> String {
     let short = |p: &beam_node::PeerId| p.short();
     match route.relays.len() {
+        0 if !route.reachable => format!("hole-punched to {}", short(&route.service)),
         0 => format!("direct to {}", short(&route.service)),
         1 => format!(
             "relayed via {} to {}",

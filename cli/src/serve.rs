@@ -54,7 +54,13 @@ pub async fn run(config: p2p::Config) -> Result<()> {
             n = notices.recv() => {
                 let Some(n) = n else { bail!("the node stopped") };
                 match n {
-                    Notice::Listening(a) => println!("listening {a}/p2p/{}", status.libp2p_id),
+                    Notice::Listening(a) => {
+                        if matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                            println!("listening {a}");
+                        } else {
+                            println!("listening {a}/p2p/{}", status.libp2p_id);
+                        }
+                    }
                     Notice::Joined { peers, alone: true } => {
                         let _ = peers;
                         println!(
@@ -71,7 +77,20 @@ pub async fn run(config: p2p::Config) -> Result<()> {
                              5 s; check the address and that the peer is running)"
                         );
                     }
-                    Notice::Published { what, stored, refused, refusal } => {
+                    Notice::Reachability { public: true } => {
+                        println!("reachability: public (peers can dial this node)");
+                    }
+                    Notice::Reachability { public: false } => {
+                        println!(
+                            "reachability: private (behind a NAT or firewall): reachable through \
+                             relays"
+                        );
+                    }
+                    Notice::Reserved { relay } => println!("reserved on relay {}", relay.short()),
+                    Notice::HolePunched { peer } => {
+                        println!("hole punched: direct connection to {}", peer.short());
+                    }
+                    Notice::Published { what, stored, refused, refusal, relays } => {
                         match (what, refusal) {
                             (PublishedWhat::Name(name), Some(RecordError::NameTaken)) => {
                                 bail!(
@@ -79,8 +98,16 @@ pub async fn run(config: p2p::Config) -> Result<()> {
                                      refused it); choose another --name"
                                 );
                             }
-                            (PublishedWhat::Service, _) => {
+                            (PublishedWhat::Service, _) if relays.is_empty() => {
                                 println!("published service record on {}", holders(stored));
+                            }
+                            (PublishedWhat::Service, _) => {
+                                let via: Vec<String> = relays.iter().map(|r| r.short()).collect();
+                                println!(
+                                    "published service record on {}, reachable through relays {}",
+                                    holders(stored),
+                                    via.join(", ")
+                                );
                             }
                             (PublishedWhat::Name(name), _) => {
                                 println!("published name {name} on {}", holders(stored));

@@ -338,6 +338,10 @@ impl Node {
         } else if !server {
             self.gossip = None;
         }
+        if reachable {
+            self.nat_relays.clear();
+            self.next_keepalive = None;
+        }
     }
 
     /// Finds the verified service record of what `what` names (a name takes two lookups: the
@@ -417,6 +421,22 @@ impl Node {
     /// The responder of an end-to-end handshake, for a stream.
     pub fn e2e_responder(&mut self) -> crate::e2e::Responder {
         self.router.e2e_responder()
+    }
+
+    /// Behind a NAT: the relays named in the service record (the driver keeps reservations on
+    /// them). Empty when reachable.
+    pub fn nat_relays(&self) -> &[Contact] {
+        &self.nat_relays
+    }
+
+    /// Whether the node believes others can dial it.
+    pub fn is_reachable(&self) -> bool {
+        self.config.reachable
+    }
+
+    /// A hole punch to `service` worked (the driver's DCUtR): routes to it go direct now.
+    pub fn punched(&mut self, service: PeerId) {
+        self.router.punched(service);
     }
 
     /// This node's end-to-end static public key (its service record's `noise_key`).

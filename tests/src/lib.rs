@@ -42,6 +42,12 @@ pub fn beam_bin() -> PathBuf {
     .clone()
 }
 
+/// Seconds since the first call (for timestamps in verbose output).
+pub fn since_start() -> f64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
 /// A temporary directory, removed when dropped.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);
@@ -110,7 +116,7 @@ impl Beam {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if std::env::var_os("BEAM_TEST_VERBOSE").is_some() {
-                    eprintln!("[{label2}] {line}");
+                    eprintln!("{:7.2} [{label2}] {line}", since_start());
                 }
                 seen2.lock().expect("lock").push(line.clone());
                 if tx.send(line).is_err() {
@@ -146,15 +152,20 @@ impl Beam {
     /// Waits for a stdout line starting with `prefix` (one printed already counts); returns the
     /// first such line. Panics with the process's output on timeout or exit.
     pub fn wait_for(&mut self, prefix: &str, timeout: Duration) -> String {
+        self.wait_until(prefix, |l| l.starts_with(prefix), timeout)
+    }
+
+    /// Waits for a stdout line that `pred` accepts (`what` names it in a failure message).
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> String {
+        let prefix = what;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self
-                .seen
-                .lock()
-                .expect("lock")
-                .iter()
-                .find(|l| l.starts_with(prefix))
-            {
+            if let Some(l) = self.seen.lock().expect("lock").iter().find(|l| pred(l)) {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -170,13 +181,7 @@ impl Beam {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     std::thread::sleep(Duration::from_millis(100));
-                    if let Some(l) = self
-                        .seen
-                        .lock()
-                        .expect("lock")
-                        .iter()
-                        .find(|l| l.starts_with(prefix))
-                    {
+                    if let Some(l) = self.seen.lock().expect("lock").iter().find(|l| pred(l)) {
                         return l.clone();
                     }
                     panic!("{}: exited before `{prefix}…`\n{}", self.label, self.dump())

@@ -82,6 +82,20 @@ impl AddrPolicy {
     /// global (or any IP, when private ones are allowed), not the unspecified address, and not
     /// a relay circuit.
     pub fn usable(&self, addr: &Multiaddr) -> bool {
+        self.usable_direct(addr)
+    }
+
+    /// Whether `addr` may be dialled: a usable direct address, or a relay circuit
+    /// (`…/p2p/RELAY/p2p-circuit/…`) through a relay at a usable address.
+    pub fn dialable(&self, addr: &Multiaddr) -> bool {
+        let relay: Multiaddr = addr
+            .iter()
+            .take_while(|p| !matches!(p, Protocol::P2pCircuit | Protocol::P2p(_)))
+            .collect();
+        self.usable_direct(&relay)
+    }
+
+    fn usable_direct(&self, addr: &Multiaddr) -> bool {
         let Some(ip) = ip_of(addr) else {
             return false; // DNS names are resolved by whoever publishes them
         };

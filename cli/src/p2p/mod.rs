@@ -45,9 +45,12 @@ use beam_node::routing::Strategy;
 use beam_node::wire::{self, Contact, Message};
 use beam_node::{Addr, Event, Keypair, Node, NodeConfig};
 use futures::StreamExt;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, StreamProtocol, Swarm, identify, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux,
+};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -131,6 +134,21 @@ pub enum Notice {
         /// Why.
         error: String,
     },
+    /// Whether others can dial this node, as autonat found.
+    Reachability {
+        /// True when peers could dial it back.
+        public: bool,
+    },
+    /// A relay accepted this node's reservation (behind a NAT: clients reach it through there).
+    Reserved {
+        /// The relay.
+        relay: beam_node::PeerId,
+    },
+    /// A hole punch to a peer worked: its connection is direct now.
+    HolePunched {
+        /// The peer.
+        peer: beam_node::PeerId,
+    },
     /// A record was published.
     Published {
         /// Which.
@@ -141,6 +159,8 @@ pub enum Notice {
         refused: usize,
         /// Why the first refused it.
         refusal: Option<RecordError>,
+        /// Behind a NAT: the relays the record names.
+        relays: Vec<beam_node::PeerId>,
     },
 }
 
@@ -206,6 +226,8 @@ pub struct Route {
     pub relays: Vec<(beam_node::PeerId, Multiaddr)>,
     /// The service's end-to-end key.
     pub noise_key: Option<[u8; 32]>,
+    /// Whether the service can be dialled (false behind a NAT: reach it through its relay).
+    pub reachable: bool,
 }
 
 enum Cmd {
@@ -308,6 +330,29 @@ struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     stream: libp2p_stream::Behaviour,
+    /// Is this node reachable? Peers dial back its addresses (and it does so for them).
+    autonat: autonat::Behaviour,
+    /// Relay v2 server, on DHT servers: services behind NATs reserve here.
+    relay: Toggle<relay::Behaviour>,
+    /// Relay v2 client: reservations (behind a NAT) and dialling through relays.
+    relay_client: relay::client::Behaviour,
+    /// Hole punching over a relayed connection.
+    dcutr: dcutr::Behaviour,
+}
+
+/// Relay v2 settings for beam relays: a tunnel lives longer than relay v2's default 2 minutes
+/// and 128 KiB, so those limits are lifted; circuits are bounded per peer and in total instead.
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_reservations: 512,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(3600),
+        max_circuits: 256,
+        max_circuits_per_peer: 16,
+        max_circuit_duration: Duration::from_secs(24 * 3600),
+        max_circuit_bytes: u64::MAX,
+        ..relay::Config::default()
+    }
 }
 
 /// Starts the node: binds its listeners and spawns its loop. Returns the handle and the
@@ -325,13 +370,35 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         )
         .context("cannot set up the TCP transport")?
         .with_quic()
-        .with_behaviour(|key| Behaviour {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .context("cannot set up the relay client")?
+        .with_behaviour(|key, relay_client| Behaviour {
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.into(), key.public())
                     .with_agent_version(format!("beam/{}", env!("CARGO_PKG_VERSION"))),
             ),
             ping: ping::Behaviour::default(),
             stream: libp2p_stream::Behaviour::new(),
+            autonat: autonat::Behaviour::new(
+                key.public().to_peer_id(),
+                autonat::Config {
+                    boot_delay: Duration::from_secs(1),
+                    retry_interval: Duration::from_secs(10),
+                    refresh_interval: Duration::from_secs(300),
+                    throttle_server_period: Duration::from_secs(5),
+                    confidence_max: 1,
+                    only_global_ips: !config.policy.allow_private,
+                    ..autonat::Config::default()
+                },
+            ),
+            relay: Toggle::from(
+                config
+                    .participation
+                    .is_server()
+                    .then(|| relay::Behaviour::new(key.public().to_peer_id(), relay_config())),
+            ),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
         })
         .context("cannot set up the libp2p behaviours")?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -401,11 +468,15 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         writers: HashMap::new(),
         awaiting_dial: HashMap::new(),
         known_addr: HashMap::new(),
+        remote_ip: HashMap::new(),
         pending_in: HashMap::new(),
         listen: BTreeSet::new(),
         bootstrap,
+        listening: false,
         joined: false,
         published: None,
+        republish: false,
+        reserving: BTreeSet::new(),
         publishing: BTreeMap::new(),
         resolves: BTreeMap::new(),
         notices: notice_tx,
@@ -442,14 +513,22 @@ struct Driver {
     awaiting_dial: HashMap<libp2p::PeerId, Vec<(StreamProtocol, Vec<u8>)>>,
     /// Each peer's identify-confirmed listen address (a usable one).
     known_addr: HashMap<libp2p::PeerId, Multiaddr>,
+    /// The IP each connected peer was last seen at.
+    remote_ip: HashMap<libp2p::PeerId, std::net::IpAddr>,
     /// Frames from peers whose identify has not arrived: since when, and the frames.
     pending_in: HashMap<libp2p::PeerId, (Instant, Vec<Vec<u8>>)>,
     /// This node's own usable listen addresses.
     listen: BTreeSet<Multiaddr>,
     bootstrap: Vec<BootstrapPeer>,
+    /// A listener is up (bootstrap dials wait for it).
+    listening: bool,
     joined: bool,
     /// The endpoints of the service record last published.
     published: Option<BTreeSet<Multiaddr>>,
+    /// Publish again at the next chance (reachability changed).
+    republish: bool,
+    /// Relays this node asked for a reservation.
+    reserving: BTreeSet<libp2p::PeerId>,
     publishing: BTreeMap<QueryId, PublishedWhat>,
     resolves: BTreeMap<ResolveId, oneshot::Sender<Result<ServiceRecord, ResolveError>>>,
     notices: mpsc::UnboundedSender<Notice>,
@@ -465,7 +544,6 @@ impl Driver {
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.dial_bootstrap(Instant::now());
         loop {
             let deadline = self
                 .node
@@ -579,7 +657,7 @@ impl Driver {
         let addrs: Vec<Multiaddr> = addrs
             .into_iter()
             .map(|a| split_peer(&a).0)
-            .filter(|a| self.policy.usable(a))
+            .filter(|a| self.policy.dialable(a))
             .collect();
         let opts = DialOpts::peer_id(pid)
             .addresses(addrs)
@@ -642,6 +720,12 @@ impl Driver {
                 if self.policy.usable(&address) {
                     self.listen.insert(address.clone());
                 }
+                if !self.listening {
+                    // Dial only once a listener is up: TCP dials then leave from the listen port
+                    // (port reuse), so the address peers observe is one a hole punch can use.
+                    self.listening = true;
+                    self.dial_bootstrap(now);
+                }
                 let _ = self.notices.send(Notice::Listening(address));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -653,6 +737,9 @@ impl Driver {
                 self.stats
                     .connected
                     .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                if let Some(ip) = addr::ip_of(endpoint.get_remote_address()) {
+                    self.remote_ip.insert(peer_id, ip);
+                }
                 if endpoint.is_dialer() {
                     let remote = split_peer(endpoint.get_remote_address()).0;
                     self.on_bootstrap_connected(now, peer_id, &remote);
@@ -671,6 +758,7 @@ impl Driver {
                     .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
                 if num_established == 0 {
                     self.flush_pending(peer_id);
+                    self.remote_ip.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -696,6 +784,58 @@ impl Driver {
                     self.node.handle_peer_unreachable(now, &peer);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let public = match new {
+                    autonat::NatStatus::Public(_) => true,
+                    autonat::NatStatus::Private => false,
+                    autonat::NatStatus::Unknown => return,
+                };
+                if public != self.node.is_reachable() {
+                    self.node.set_reachable(now, public);
+                    self.republish = true;
+                    if public {
+                        self.reserving.clear();
+                    }
+                    self.publish_if_due(now);
+                }
+                let _ = self.notices.send(Notice::Reachability { public });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                if let Some(relay) = from_libp2p(&relay_peer_id) {
+                    let _ = self.notices.send(Notice::Reserved { relay });
+                }
+            }
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                // A reservation ended (the relay left): ask again at the next publish.
+                for a in addresses {
+                    if let Some(libp2p::multiaddr::Protocol::P2p(relay)) = a
+                        .iter()
+                        .take_while(|p| !matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+                        .last()
+                    {
+                        self.reserving.remove(&relay);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => {
+                if let Some(peer) = from_libp2p(&remote_peer_id) {
+                    match result {
+                        Ok(_) => {
+                            self.node.punched(peer);
+                            let _ = self.notices.send(Notice::HolePunched { peer });
+                        }
+                        Err(e) => tracing::debug!(error = %e, "hole punch failed"),
+                    }
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -710,7 +850,18 @@ impl Driver {
                     .map(|a| split_peer(a).0)
                     .filter(|a| self.policy.usable(a))
                     .collect();
-                usable.sort_by_key(|a| !addr::is_tcp(a));
+                // The address on the network we reach the peer through first (a peer on several
+                // networks, or with loopback among its addresses, is known by the one that works
+                // for others too), then TCP before QUIC.
+                let seen_ip = self.remote_ip.get(&peer_id).copied();
+                usable.sort_by_key(|a| {
+                    let ip = addr::ip_of(a);
+                    (
+                        ip != seen_ip,
+                        ip.is_some_and(|i| i.is_loopback()),
+                        !addr::is_tcp(a),
+                    )
+                });
                 if let Some(a) = usable.into_iter().next() {
                     self.known_addr.insert(peer_id, a);
                 }
@@ -774,7 +925,7 @@ impl Driver {
 
     fn housekeeping(&mut self) {
         let now = Instant::now();
-        if !self.joined || self.bootstrap.iter().all(|b| !b.connected) {
+        if self.listening && (!self.joined || self.bootstrap.iter().all(|b| !b.connected)) {
             self.dial_bootstrap(now);
         }
         let stale: Vec<libp2p::PeerId> = self
@@ -803,9 +954,10 @@ impl Driver {
         if !self.joined || self.listen.is_empty() {
             return;
         }
-        if self.published.as_ref() == Some(&self.listen) {
+        if self.published.as_ref() == Some(&self.listen) && !self.republish {
             return;
         }
+        self.republish = false;
         let first = self.published.is_none();
         self.published = Some(self.listen.clone());
         let mut endpoints: Vec<Multiaddr> = self.listen.iter().cloned().collect();
@@ -832,12 +984,38 @@ impl Driver {
             }
             Err(e) => tracing::warn!(error = %e, "cannot publish the service record"),
         }
+        self.reserve_on_relays();
         if first && let Some(name) = spec.name {
             match self.node.publish(now, Publish::Name(name.clone())) {
                 Ok(q) => {
                     self.publishing.insert(q, PublishedWhat::Name(name));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot publish the name"),
+            }
+        }
+    }
+
+    /// Behind a NAT: keeps a relay v2 reservation on each relay the core put in the service
+    /// record, so clients can reach this node through them.
+    fn reserve_on_relays(&mut self) {
+        if self.node.is_reachable() {
+            return;
+        }
+        for c in self.node.nat_relays().to_vec() {
+            let (Some(pid), Ok(addr)) = (to_libp2p(&c.peer), c.addr.as_str().parse::<Multiaddr>())
+            else {
+                continue;
+            };
+            if !self.reserving.insert(pid) {
+                continue;
+            }
+            let circuit = split_peer(&addr)
+                .0
+                .with(libp2p::multiaddr::Protocol::P2p(pid))
+                .with(libp2p::multiaddr::Protocol::P2pCircuit);
+            if let Err(e) = self.swarm.listen_on(circuit) {
+                tracing::warn!(error = %e, "cannot reserve on a relay");
+                self.reserving.remove(&pid);
             }
         }
     }
@@ -872,6 +1050,7 @@ impl Driver {
                         stored,
                         refused,
                         refusal,
+                        relays: self.node.nat_relays().iter().map(|c| c.peer).collect(),
                     });
                 }
             }
@@ -913,6 +1092,7 @@ impl Driver {
                             .filter_map(|c| Some((c.peer, c.addr.as_str().parse().ok()?)))
                             .collect(),
                         noise_key: record.noise_key,
+                        reachable: p.reachable,
                     });
                 let _ = tx.send(plan);
             }

@@ -182,29 +182,64 @@ pub async fn open(handle: &Handle, route: &Route) -> Result<Opened, OpenError> {
         error: "its id is not an ed25519 key".into(),
     })?;
     let mut control = handle.control.clone();
+    if !route.reachable && route.relays.len() == 1 {
+        // Behind a NAT: a relay v2 circuit through the relay the service reserved on. libp2p's
+        // Noise runs over it end to end, so the tunnel is the direct one; DCUtR then tries to
+        // punch a direct connection, which later tunnels use.
+        let (relay, relay_addr) = &route.relays[0];
+        let relay = to_libp2p(relay).ok_or_else(|| OpenError::Unreachable {
+            what: "the relay".into(),
+            error: "its id is not an ed25519 key".into(),
+        })?;
+        let circuit = super::addr::split_peer(relay_addr)
+            .0
+            .with(libp2p::multiaddr::Protocol::P2p(relay))
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        handle.dial(service, vec![circuit]).await;
+        return open_direct(&mut control, service, start).await;
+    }
     if route.relays.is_empty() {
         handle.dial(service, route.endpoints.clone()).await;
-        let s = step(
-            "the service",
-            control.open_stream(service, PROTO_TUNNEL.clone()),
-        )
-        .await?;
-        let mut s = s.compat();
-        step("the service", async {
-            s.write_all(&[TUNNEL_V1]).await?;
-            s.flush().await
-        })
-        .await?;
-        let mut b = [0u8; 1];
-        step("the service", s.read_exact(&mut b)).await?;
-        return match Status::from_byte(b[0]) {
-            Status::Ok => Ok(Opened {
-                tunnel: Tunnel::Plain(s),
-                setup: start.elapsed(),
-            }),
-            st => Err(OpenError::Refused(st)),
-        };
+        return open_direct(&mut control, service, start).await;
     }
+    open_circuit(handle, route, &mut control, start).await
+}
+
+/// Opens `/beam/tunnel/1` to `service` (over whatever connection there is or is being made).
+async fn open_direct(
+    control: &mut libp2p_stream::Control,
+    service: libp2p::PeerId,
+    start: Instant,
+) -> Result<Opened, OpenError> {
+    let s = step(
+        "the service",
+        control.open_stream(service, PROTO_TUNNEL.clone()),
+    )
+    .await?;
+    let mut s = s.compat();
+    step("the service", async {
+        s.write_all(&[TUNNEL_V1]).await?;
+        s.flush().await
+    })
+    .await?;
+    let mut b = [0u8; 1];
+    step("the service", s.read_exact(&mut b)).await?;
+    match Status::from_byte(b[0]) {
+        Status::Ok => Ok(Opened {
+            tunnel: Tunnel::Plain(s),
+            setup: start.elapsed(),
+        }),
+        st => Err(OpenError::Refused(st)),
+    }
+}
+
+/// Opens `/beam/circuit/1` through `route.relays` and runs the end-to-end handshake.
+async fn open_circuit(
+    handle: &Handle,
+    route: &Route,
+    control: &mut libp2p_stream::Control,
+    start: Instant,
+) -> Result<Opened, OpenError> {
     let Some(key) = route.noise_key else {
         return Err(OpenError::Handshake(
             "the service record has no end-to-end key".into(),
