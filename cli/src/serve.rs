@@ -86,6 +86,12 @@ pub async fn run(config: p2p::Config) -> Result<()> {
                              relays"
                         );
                     }
+                    Notice::NoUsableAddress => eprintln!(
+                        "warning: this host has no public address, so the service is not \
+                         published (nobody outside could dial it). On a LAN or in tests add \
+                         --allow-private-addrs; behind a NAT, join a network with --bootstrap \
+                         and beam reaches you through relays"
+                    ),
                     Notice::Reserved { relay } => println!("reserved on relay {}", relay.short()),
                     Notice::HolePunched { peer } => {
                         println!("hole punched: direct connection to {}", peer.short());

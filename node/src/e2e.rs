@@ -89,6 +89,12 @@ pub const FRAME_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 pub const MAX_PLAINTEXT: usize = 4096;
 /// Largest transport frame: [`MAX_PLAINTEXT`] + [`FRAME_OVERHEAD`].
 pub const MAX_FRAME: usize = MAX_PLAINTEXT + FRAME_OVERHEAD;
+/// Largest plaintext of one frame on a stream ([`Session::encrypt_chunk`]): Noise's 65,535-byte
+/// message limit less the tag. Streams are not bounded by the 4 KiB route frame, and fewer,
+/// larger frames cost far less per byte.
+pub const MAX_CHUNK: usize = 65_535 - TAG_LEN;
+/// Largest stream frame: [`MAX_CHUNK`] + [`FRAME_OVERHEAD`].
+pub const MAX_CHUNK_FRAME: usize = MAX_CHUNK + FRAME_OVERHEAD;
 /// Length of msg1 (`e, es`): ephemeral key + tag of the empty payload.
 pub const MSG1_LEN: usize = KEY_LEN + TAG_LEN;
 /// Length of msg2 (`e, ee`): ephemeral key + tag of the empty payload.
@@ -585,10 +591,19 @@ impl Session {
 
     /// Encrypts `plaintext` (at most [`MAX_PLAINTEXT`] bytes) into one frame for the peer.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, E2eError> {
-        if plaintext.len() > MAX_PLAINTEXT {
+        self.seal(plaintext, MAX_PLAINTEXT)
+    }
+
+    /// Encrypts up to [`MAX_CHUNK`] bytes into one frame, for a stream the driver carries.
+    pub fn encrypt_chunk(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, E2eError> {
+        self.seal(plaintext, MAX_CHUNK)
+    }
+
+    fn seal(&mut self, plaintext: &[u8], max: usize) -> Result<Vec<u8>, E2eError> {
+        if plaintext.len() > max {
             return Err(E2eError::PlaintextTooLarge {
                 len: plaintext.len(),
-                max: MAX_PLAINTEXT,
+                max,
             });
         }
         // u64::MAX is reserved by Noise (it keys `rekey`).
@@ -612,7 +627,16 @@ impl Session {
     /// authenticate, or were already accepted (or are too old to tell); the session is
     /// unaffected by a refused frame.
     pub fn decrypt(&mut self, frame: &[u8]) -> Result<Vec<u8>, E2eError> {
-        check_len("frame", frame.len(), FRAME_OVERHEAD, MAX_FRAME)?;
+        self.open(frame, MAX_FRAME)
+    }
+
+    /// Decrypts one frame of up to [`MAX_CHUNK_FRAME`] bytes, from a stream.
+    pub fn decrypt_chunk(&mut self, frame: &[u8]) -> Result<Vec<u8>, E2eError> {
+        self.open(frame, MAX_CHUNK_FRAME)
+    }
+
+    fn open(&mut self, frame: &[u8], max: usize) -> Result<Vec<u8>, E2eError> {
+        check_len("frame", frame.len(), FRAME_OVERHEAD, max)?;
         let (head, body) = frame.split_at(NONCE_LEN);
         let mut nonce_bytes = [0; NONCE_LEN];
         nonce_bytes.copy_from_slice(head);

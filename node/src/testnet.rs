@@ -875,3 +875,201 @@ fn announcements_reach_every_live_server_by_gossip() {
     // Light peers take no part (they would only pay for traffic they do not need).
     assert!(net.node(2).gossip().is_none());
 }
+
+/// Runs `resolve` at `who` and returns its result.
+fn resolve_ref(
+    net: &mut TestNet,
+    who: usize,
+    what: &crate::app::ServiceRef,
+) -> Result<crate::record::ServiceRecord, crate::app::ResolveError> {
+    let id = net
+        .with(who, |n, now| n.resolve(now, what))
+        .expect("started");
+    net.run_for(Duration::from_secs(5));
+    for (i, _, e) in net.take_events() {
+        if let Event::Resolved {
+            id: got, result, ..
+        } = e
+            && i == who
+            && got == id
+        {
+            return result;
+        }
+    }
+    panic!("the resolve did not finish");
+}
+
+#[test]
+fn names_and_addresses_resolve_to_the_verified_service_record() {
+    use crate::app::{ResolveError, ServiceRef};
+    let mut net = TestNet::grow(
+        31,
+        60,
+        Some(4),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let (client, service) = (7, 12);
+    publish_service(&mut net, service);
+    let id = net
+        .with(service, |n, now| {
+            n.publish(now, Publish::Name("shop".into()))
+        })
+        .expect("started");
+    assert_eq!(put_outcome(&mut net, service, id).0, 20);
+    let by_name = resolve_ref(&mut net, client, &ServiceRef::Name("shop".into())).expect("found");
+    assert_eq!(by_name.peer, net.ids[service]);
+    assert!(by_name.noise_key.is_some());
+    let service_id = net.ids[service];
+    let by_addr = resolve_ref(&mut net, client, &ServiceRef::Peer(service_id)).expect("found");
+    assert_eq!(by_addr, by_name);
+    assert_eq!(
+        resolve_ref(&mut net, client, &ServiceRef::Name("nobody".into())),
+        Err(ResolveError::NameNotFound("nobody".into()))
+    );
+    // A peer that published a name but no service record: found name, no service.
+    let bare = 20;
+    let id = net
+        .with(bare, |n, now| n.publish(now, Publish::Name("bare".into())))
+        .expect("started");
+    assert!(put_outcome(&mut net, bare, id).0 > 0);
+    let bare_id = net.ids[bare];
+    assert_eq!(
+        resolve_ref(&mut net, client, &ServiceRef::Name("bare".into())),
+        Err(ResolveError::ServiceNotFound(bare_id))
+    );
+}
+
+#[test]
+fn stream_routes_are_planned_by_strategy_and_learn_from_failures() {
+    use crate::routing::Strategy;
+    use std::collections::BTreeSet;
+    let mut net = TestNet::grow(
+        32,
+        60,
+        Some(4),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let (client, service) = (5, 14);
+    publish_service(&mut net, service);
+    let record = resolve(&mut net, client, service);
+    let none = BTreeSet::new();
+    let direct = net
+        .with(client, |n, _| {
+            n.plan_route(&record, Strategy::Direct, &none)
+        })
+        .expect("plan");
+    assert!(direct.relays.is_empty() && direct.reachable);
+    let multi = net
+        .with(client, |n, _| {
+            n.plan_route(&record, Strategy::MultiHop, &none)
+        })
+        .expect("plan");
+    assert_eq!(multi.relays.len(), 2, "two relays on a multi-hop route");
+    let relays: Vec<PeerId> = multi.relays.iter().map(|c| c.peer).collect();
+    assert!(!relays.contains(&net.ids[service]) && !relays.contains(&net.ids[client]));
+    // Excluded relays are never chosen again; failures lower trust.
+    let exclude: BTreeSet<PeerId> = relays.iter().copied().collect();
+    for _ in 0..20 {
+        let again = net
+            .with(client, |n, _| {
+                n.plan_route(&record, Strategy::MultiHop, &exclude)
+            })
+            .expect("plan");
+        assert!(again.relays.iter().all(|c| !exclude.contains(&c.peer)));
+    }
+    let before = net.node(client).router().trust(&relays[0]).success;
+    net.node(client).route_outcome(&relays[..1], false);
+    assert!(net.node(client).router().trust(&relays[0]).success < before);
+    // A light client admits no circuit; a routing peer admits up to its bound.
+    assert!(!net.node(3).admit_circuit(0), "node 3 is light");
+    assert!(net.node(client).admit_circuit(0));
+    let max = net.node(client).config().router.max_circuits;
+    assert!(!net.node(client).admit_circuit(max));
+}
+
+#[test]
+fn a_node_that_learns_it_is_unreachable_stops_serving_and_publishes_relays() {
+    let mut net = TestNet::grow(
+        33,
+        40,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let me = 9;
+    net.with(me, |n, now| n.set_reachable(now, false));
+    assert!(!net.node(me).is_reachable());
+    assert!(!net.node(me).admit_circuit(0), "relays nothing");
+    assert!(net.node(me).gossip().is_none(), "no gossip");
+    publish_service(&mut net, me);
+    let relays = net.node(me).nat_relays().to_vec();
+    assert!(!relays.is_empty(), "names relays behind a NAT");
+    let record = resolve(&mut net, 2, me);
+    assert!(!record.reachable);
+    assert_eq!(record.relays, relays);
+    net.with(me, |n, now| n.set_reachable(now, true));
+    assert!(net.node(me).is_reachable() && net.node(me).admit_circuit(0));
+    assert!(net.node(me).nat_relays().is_empty());
+}
+
+#[test]
+fn handshake_keys_come_from_the_entropy_the_driver_gives() {
+    // Two nodes built from the same seed draw the same handshake keys — unless the driver hands
+    // in entropy, as the real one does (the OS RNG).
+    let make = |entropy: Option<u64>| {
+        let kp = crate::Keypair::from_secret([4; 32]);
+        let t0 = Instant::now();
+        let mut n = Node::new(NodeConfig::default(), kp, 99, t0, 1_700_000_000);
+        if let Some(e) = entropy {
+            use rand::SeedableRng;
+            n.set_handshake_entropy(Box::new(rand_chacha::ChaCha20Rng::seed_from_u64(e)));
+        }
+        let (_, msg1) = n.start_e2e(&[9; 32]).expect("start");
+        msg1
+    };
+    assert_eq!(
+        make(None),
+        make(None),
+        "seeded: the simulator's runs repeat"
+    );
+    assert_ne!(make(None), make(Some(1)), "entropy given: other keys");
+    assert_ne!(make(Some(1)), make(Some(2)));
+}
+
+#[test]
+fn oversized_requests_are_refused_at_once() {
+    let mut net = TestNet::grow(
+        34,
+        20,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+        |_| {},
+    );
+    publish_service(&mut net, 4);
+    let record = resolve(&mut net, 2, 4);
+    let big = vec![0u8; crate::routing::MAX_REQUEST_BODY + 1];
+    let r = net.with(2, |n, now| {
+        n.request(now, &record, crate::routing::Strategy::Direct, big)
+    });
+    assert!(matches!(
+        r,
+        Err(crate::routing::RouteError::BodyTooLarge(_))
+    ));
+}
+
+#[test]
+fn records_expire_by_the_wall_clock_after_a_suspend() {
+    let kp = crate::Keypair::from_secret([5; 32]);
+    let t0 = Instant::now();
+    let mut n = Node::new(NodeConfig::default(), kp, 1, t0, 1_000_000);
+    assert_eq!(n.dht().unix_time(t0 + Duration::from_secs(10)), 1_000_010);
+    // The machine slept an hour: the monotonic clock moved 10 s, the wall clock 3,610 s.
+    n.handle_wall_clock(t0 + Duration::from_secs(10), 1_003_610);
+    assert_eq!(n.dht().unix_time(t0 + Duration::from_secs(10)), 1_003_610);
+}

@@ -8,12 +8,15 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Writes one frame (no flush).
+/// Writes one frame (no flush), in one write: on a multiplexed stream every write becomes a
+/// frame of its own, so the length and the body travel together.
 pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
     let len = u32::try_from(bytes.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(bytes).await
+    let mut buf = Vec::with_capacity(4 + bytes.len());
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(bytes);
+    w.write_all(&buf).await
 }
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream between frames.

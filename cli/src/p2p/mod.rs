@@ -149,6 +149,9 @@ pub enum Notice {
         /// The peer.
         peer: beam_node::PeerId,
     },
+    /// Listening, but on no address others may dial (loopback or private only, and private
+    /// addresses are not allowed): nothing is published until one appears.
+    NoUsableAddress,
     /// A record was published.
     Published {
         /// Which.
@@ -473,6 +476,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         listen: BTreeSet::new(),
         bootstrap,
         listening: false,
+        warned_no_addr: false,
         joined: false,
         published: None,
         republish: false,
@@ -522,6 +526,8 @@ struct Driver {
     bootstrap: Vec<BootstrapPeer>,
     /// A listener is up (bootstrap dials wait for it).
     listening: bool,
+    /// [`Notice::NoUsableAddress`] was sent.
+    warned_no_addr: bool,
     joined: bool,
     /// The endpoints of the service record last published.
     published: Option<BTreeSet<Multiaddr>>,
@@ -951,6 +957,10 @@ impl Driver {
         let Some(spec) = self.service.clone() else {
             return;
         };
+        if self.joined && self.listening && self.listen.is_empty() && !self.warned_no_addr {
+            self.warned_no_addr = true;
+            let _ = self.notices.send(Notice::NoUsableAddress);
+        }
         if !self.joined || self.listen.is_empty() {
             return;
         }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use beam_node::e2e::{MAX_PLAINTEXT, Session};
+use beam_node::e2e::{MAX_CHUNK, MAX_CHUNK_FRAME, Session};
 use beam_node::wire::MAX_RELAYS_PER_ROUTE;
 use futures::StreamExt;
 use libp2p::Multiaddr;
@@ -332,7 +332,7 @@ fn open_in_order(session: &mut Session, frame: &[u8], expected: u64) -> io::Resu
         ));
     }
     session
-        .decrypt(frame)
+        .decrypt_chunk(frame)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
@@ -398,11 +398,11 @@ async fn pump_sealed(
         session
             .lock()
             .map_err(|_| io::Error::other("session lock poisoned"))?
-            .encrypt(plain)
+            .encrypt_chunk(plain)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
     };
     let up = async {
-        let mut buf = vec![0u8; MAX_PLAINTEXT];
+        let mut buf = vec![0u8; MAX_CHUNK];
         loop {
             let n = tr.read(&mut buf).await?;
             let sealed = seal(&buf[..n])?;
@@ -418,7 +418,7 @@ async fn pump_sealed(
     };
     let down = async {
         loop {
-            let Some(f) = frame::read(&mut sr, MAX_PLAINTEXT + 64).await? else {
+            let Some(f) = frame::read(&mut sr, MAX_CHUNK_FRAME).await? else {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the route closed before the end of the data: truncated",
