@@ -561,24 +561,7 @@ impl Router {
             None => RouteData::Plain(payload),
         };
         let Some(data) = encode(&data) else { return };
-        let mut path: Vec<Contact> = reply.back.into_iter().rev().collect();
-        if path.is_empty() {
-            return;
-        }
-        let next = path.remove(0);
-        push_bounded(
-            &mut self.transmits,
-            self.config.max_queued_transmits,
-            &mut self.stats.transmits_dropped,
-            (
-                next,
-                RouteMessage::Backward {
-                    route: reply.route,
-                    ahead: path,
-                    data,
-                },
-            ),
-        );
+        self.send_backward(reply.route, reply.back.into_iter().rev().collect(), data);
     }
 
     /// Starts the next attempt of request `id`, or fails it.
@@ -716,6 +699,27 @@ impl Router {
             self.send_forward(route, &relays, &target, data);
         }
         self.bound_trust();
+    }
+
+    /// Sends `data` back along `path` (the hops towards the client, nearest first).
+    fn send_backward(&mut self, route: u64, mut path: Vec<Contact>, data: Vec<u8>) {
+        if path.is_empty() {
+            return;
+        }
+        let next = path.remove(0);
+        push_bounded(
+            &mut self.transmits,
+            self.config.max_queued_transmits,
+            &mut self.stats.transmits_dropped,
+            (
+                next,
+                RouteMessage::Backward {
+                    route,
+                    ahead: path,
+                    data,
+                },
+            ),
+        );
     }
 
     fn send_forward(&mut self, route: u64, relays: &[Contact], target: &Contact, data: Vec<u8>) {
@@ -861,21 +865,8 @@ impl Router {
                         self.handshakes.insert(key, pending);
                         self.remember(key);
                         if let Some(data) = encode(&RouteData::HelloAck(msg2)) {
-                            let mut path: Vec<Contact> = behind.iter().rev().cloned().collect();
-                            let next = path.remove(0);
-                            push_bounded(
-                                &mut self.transmits,
-                                self.config.max_queued_transmits,
-                                &mut self.stats.transmits_dropped,
-                                (
-                                    next,
-                                    RouteMessage::Backward {
-                                        route,
-                                        ahead: path,
-                                        data,
-                                    },
-                                ),
-                            );
+                            let path: Vec<Contact> = behind.iter().rev().cloned().collect();
+                            self.send_backward(route, path, data);
                         }
                     }
                     Err(_) => self.stats.bad_frames += 1,
