@@ -216,6 +216,10 @@ pub struct Status {
     pub routing_table: usize,
     /// Estimated DHT servers online (measured; `None` before the first lookup).
     pub network_size_estimate: Option<f64>,
+    /// Core messages that did not decode (dropped and counted).
+    pub malformed_in: u64,
+    /// Records held for others.
+    pub records_held: usize,
 }
 
 /// A route the core chose for a stream.
@@ -1127,6 +1131,8 @@ impl Driver {
                     peers_connected: self.swarm.connected_peers().count(),
                     routing_table: self.node.dht().table().len(),
                     network_size_estimate: self.node.network_size_estimate(),
+                    malformed_in: self.node.stats().malformed_in,
+                    records_held: self.node.dht().store().len(),
                 });
             }
         }
@@ -1217,5 +1223,128 @@ async fn writer(
     }
     for (_, mut s) in streams {
         let _ = s.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    async fn node(bootstrap: Vec<Multiaddr>, service: Option<ServiceSpec>) -> (Handle, Multiaddr) {
+        let keypair = Keypair::generate(&mut rand::rngs::StdRng::from_os_rng());
+        let (h, mut n) = start(Config {
+            keypair,
+            participation: Participation::Routing,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+            bootstrap,
+            policy: AddrPolicy {
+                allow_private: true,
+            },
+            service,
+        })
+        .await
+        .expect("start");
+        let addr = loop {
+            match tokio::time::timeout(Duration::from_secs(10), n.recv()).await {
+                Ok(Some(Notice::Listening(a))) => break a,
+                Ok(Some(_)) => {}
+                other => panic!("no listen address: {other:?}"),
+            }
+        };
+        // Keep draining notices so the channel never fills.
+        tokio::spawn(async move { while n.recv().await.is_some() {} });
+        let id = h.status().await.expect("status").libp2p_id;
+        (h, format!("{addr}/p2p/{id}").parse().expect("addr"))
+    }
+
+    async fn raw_frame(attacker: &Handle, victim: &Handle, bytes: &[u8]) {
+        let to = to_libp2p(&victim.peer).expect("id");
+        let mut c = attacker.control.clone();
+        let s = c.open_stream(to, PROTO_DHT).await.expect("stream");
+        let mut s = s.compat();
+        let _ = s.write_all(bytes).await;
+        let _ = s.flush().await;
+        let _ = s.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oversized_frames_garbage_and_forged_records_are_dropped_and_the_node_stays_up() {
+        let (victim, victim_addr) = node(vec![], None).await;
+        let (attacker, _) = node(vec![victim_addr.clone()], None).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A frame announcing 1 GiB: the stream is closed before anything is allocated.
+        raw_frame(&attacker, &victim, &(1u32 << 30).to_be_bytes()).await;
+        // A frame of the right size that is not a message.
+        let mut junk = 64u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(&[0xab; 64]);
+        raw_frame(&attacker, &victim, &junk).await;
+        // A STORE of a service record whose signature does not verify.
+        let owner = Keypair::generate(&mut rand::rngs::StdRng::from_os_rng());
+        let mut forged = ServiceRecord {
+            peer: owner.peer_id(),
+            seq: 1,
+            expires: unix_now() + 600,
+            tor_address: None,
+            endpoints: vec![Addr::new("/ip4/127.0.0.1/tcp/9")],
+            relays: vec![],
+            reachable: true,
+            coordinates: None,
+            participation: Participation::Light,
+            noise_key: None,
+        }
+        .sign(&owner);
+        if let beam_node::Record::Service(s) = &mut forged {
+            s.body.endpoints = vec![Addr::new("/ip4/127.0.0.1/tcp/6666")]; // altered after signing
+        }
+        let store = Message::Dht(beam_node::wire::DhtMessage::Request {
+            id: 7,
+            mode: beam_node::wire::Mode::Server,
+            body: beam_node::wire::Request::Store { record: forged },
+        });
+        let bytes = wire::encode(&store).expect("encode");
+        let mut framed = (bytes.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&bytes);
+        raw_frame(&attacker, &victim, &framed).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let st = victim.status().await.expect("the victim still answers");
+        assert!(st.malformed_in >= 1, "the junk frame was counted: {st:?}");
+        assert!(
+            victim.stats.dropped_in.load(Ordering::Relaxed) >= 1,
+            "the oversized frame was counted"
+        );
+        assert_eq!(
+            attacker
+                .resolve(ServiceRef::Peer(owner.peer_id()))
+                .await
+                .expect("resolve"),
+            Err(ResolveError::ServiceNotFound(owner.peer_id())),
+            "the forged record was not stored"
+        );
+        // And the node still serves: a real service publishes through it and is found.
+        let (svc, _) = node(
+            vec![victim_addr],
+            Some(ServiceSpec {
+                port: 9,
+                name: Some("after-attack".into()),
+            }),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match attacker
+                .resolve(ServiceRef::Name("after-attack".into()))
+                .await
+                .expect("resolve")
+            {
+                Ok(r) => {
+                    assert_eq!(r.peer, svc.peer);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => panic!("not found after the attack: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 }
