@@ -179,8 +179,6 @@ pub enum PublishedWhat {
 /// Counters shared between the loop, the tunnels and the user interface.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Peers with an open connection.
-    pub connected: AtomicUsize,
     /// Core messages dropped because a peer's queue was full or it could not be sent.
     pub dropped_out: AtomicU64,
     /// Frames dropped on the way in (queue full, malformed, oversized, not a beam peer).
@@ -625,10 +623,13 @@ impl Driver {
             if q.len() > 1 {
                 return; // a dial is under way already
             }
-            match t.addr.as_str().parse::<Multiaddr>() {
-                Ok(a) if self.policy.usable(&split_peer(&a).0) => {
-                    self.dial(pid, vec![split_peer(&a).0]);
-                }
+            match t
+                .addr
+                .as_str()
+                .parse::<Multiaddr>()
+                .map(|a| split_peer(&a).0)
+            {
+                Ok(a) if self.policy.usable(&a) => self.dial(pid, vec![a]),
                 _ if self.known_addr.contains_key(&pid) => {
                     let a = self.known_addr[&pid].clone();
                     self.dial(pid, vec![a]);
@@ -744,9 +745,6 @@ impl Driver {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                self.stats
-                    .connected
-                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
                 if let Some(ip) = addr::ip_of(endpoint.get_remote_address()) {
                     self.remote_ip.insert(peer_id, ip);
                 }
@@ -760,16 +758,11 @@ impl Driver {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                self.stats
-                    .connected
-                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
-                if num_established == 0 {
-                    self.flush_pending(peer_id);
-                    self.remote_ip.remove(&peer_id);
-                }
+                self.flush_pending(peer_id);
+                self.remote_ip.remove(&peer_id);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let msg = error.to_string();

@@ -283,12 +283,7 @@ async fn open_circuit(
         s.flush().await
     })
     .await?;
-    let msg2 = step("the service", frame::read(&mut s, MAX_HANDSHAKE))
-        .await?
-        .ok_or_else(|| OpenError::Unreachable {
-            what: "the service".into(),
-            error: "the circuit closed during the handshake".into(),
-        })?;
+    let msg2 = read_handshake(&mut s).await?;
     if msg2.len() == 1 {
         // Not a handshake message: a relay's (or the far end's) refusal.
         return Err(OpenError::Refused(Status::from_byte(msg2[0])));
@@ -301,12 +296,7 @@ async fn open_circuit(
         s.flush().await
     })
     .await?;
-    let status = step("the service", frame::read(&mut s, MAX_HANDSHAKE))
-        .await?
-        .ok_or_else(|| OpenError::Unreachable {
-            what: "the service".into(),
-            error: "the circuit closed during the handshake".into(),
-        })?;
+    let status = read_handshake(&mut s).await?;
     let status =
         open_in_order(&mut session, &status, 0).map_err(|e| OpenError::Handshake(e.to_string()))?;
     match status.first().copied().map(Status::from_byte) {
@@ -317,6 +307,16 @@ async fn open_circuit(
         Some(st) => Err(OpenError::Refused(st)),
         None => Err(OpenError::Refused(Status::Unknown(255))),
     }
+}
+
+/// The client's read of one handshake frame from the service (or a relay's refusal).
+async fn read_handshake<R: AsyncRead + Unpin>(s: &mut R) -> Result<Vec<u8>, OpenError> {
+    step("the service", frame::read(s, MAX_HANDSHAKE))
+        .await?
+        .ok_or_else(|| OpenError::Unreachable {
+            what: "the service".into(),
+            error: "the circuit closed during the handshake".into(),
+        })
 }
 
 /// Decrypts a sealed frame that must carry nonce `expected`.

@@ -284,7 +284,7 @@ pub struct Router {
     /// Relay checks in flight: route id → (relay, deadline).
     relay_checks: BTreeMap<u64, (PeerId, Instant)>,
     relay_window: (Instant, u32),
-    transmits: VecDeque<(Contact, RouteMessage)>,
+    transmits: Outbox,
     events: VecDeque<RouteEvent>,
     stats: RouterStats,
 }
@@ -308,6 +308,7 @@ impl Router {
         seed: u64,
         now: Instant,
     ) -> Self {
+        let cap = config.max_queued_transmits;
         Self {
             config,
             local,
@@ -324,15 +325,22 @@ impl Router {
             punched: BTreeSet::new(),
             relay_checks: BTreeMap::new(),
             relay_window: (now, 0),
-            transmits: VecDeque::new(),
+            transmits: Outbox {
+                queue: VecDeque::new(),
+                cap,
+                dropped: 0,
+            },
             events: VecDeque::new(),
             stats: RouterStats::default(),
         }
     }
 
     /// Counters.
-    pub fn stats(&self) -> &RouterStats {
-        &self.stats
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            transmits_dropped: self.transmits.dropped,
+            ..self.stats.clone()
+        }
     }
 
     /// Takes the handshakes' ephemeral keys from `entropy` (the OS RNG, under the real driver)
@@ -526,20 +534,15 @@ impl Router {
         };
         self.relay_checks
             .insert(route, (relay.peer, now + self.config.attempt_timeout));
-        push_bounded(
-            &mut self.transmits,
-            self.config.max_queued_transmits,
-            &mut self.stats.transmits_dropped,
-            (
-                relay,
-                RouteMessage::Forward {
-                    route,
-                    ahead: vec![me],
-                    behind: vec![],
-                    data,
-                },
-            ),
-        );
+        self.transmits.push((
+            relay,
+            RouteMessage::Forward {
+                route,
+                ahead: vec![me],
+                behind: vec![],
+                data,
+            },
+        ));
     }
 
     /// Answers a request this node received as a service.
@@ -619,20 +622,15 @@ impl Router {
             // Our own probe opens our mapping; the Punch through the relay asks the service
             // to probe us, which opens its own.
             if let Some(probe) = encode(&RouteData::Probe) {
-                push_bounded(
-                    &mut self.transmits,
-                    self.config.max_queued_transmits,
-                    &mut self.stats.transmits_dropped,
-                    (
-                        out.target.contact.clone(),
-                        RouteMessage::Forward {
-                            route,
-                            ahead: vec![],
-                            behind: vec![],
-                            data: probe,
-                        },
-                    ),
-                );
+                self.transmits.push((
+                    out.target.contact.clone(),
+                    RouteMessage::Forward {
+                        route,
+                        ahead: vec![],
+                        behind: vec![],
+                        data: probe,
+                    },
+                ));
             }
             self.stats.punches += 1;
             // Ask through every relay the service lists but the one the route names: one
@@ -644,20 +642,15 @@ impl Router {
                     .iter()
                     .filter(|r| !relays.iter().any(|x| x.peer == r.peer))
                 {
-                    push_bounded(
-                        &mut self.transmits,
-                        self.config.max_queued_transmits,
-                        &mut self.stats.transmits_dropped,
-                        (
-                            r.clone(),
-                            RouteMessage::Forward {
-                                route,
-                                ahead: vec![out.target.contact.clone()],
-                                behind: vec![],
-                                data: punch.clone(),
-                            },
-                        ),
-                    );
+                    self.transmits.push((
+                        r.clone(),
+                        RouteMessage::Forward {
+                            route,
+                            ahead: vec![out.target.contact.clone()],
+                            behind: vec![],
+                            data: punch.clone(),
+                        },
+                    ));
                 }
             }
             (Phase::Punching, encode(&RouteData::Punch))
@@ -707,39 +700,29 @@ impl Router {
             return;
         }
         let next = path.remove(0);
-        push_bounded(
-            &mut self.transmits,
-            self.config.max_queued_transmits,
-            &mut self.stats.transmits_dropped,
-            (
-                next,
-                RouteMessage::Backward {
-                    route,
-                    ahead: path,
-                    data,
-                },
-            ),
-        );
+        self.transmits.push((
+            next,
+            RouteMessage::Backward {
+                route,
+                ahead: path,
+                data,
+            },
+        ));
     }
 
     fn send_forward(&mut self, route: u64, relays: &[Contact], target: &Contact, data: Vec<u8>) {
         let mut path: Vec<Contact> = relays.to_vec();
         path.push(target.clone());
         let next = path.remove(0);
-        push_bounded(
-            &mut self.transmits,
-            self.config.max_queued_transmits,
-            &mut self.stats.transmits_dropped,
-            (
-                next,
-                RouteMessage::Forward {
-                    route,
-                    ahead: path,
-                    behind: vec![],
-                    data,
-                },
-            ),
-        );
+        self.transmits.push((
+            next,
+            RouteMessage::Forward {
+                route,
+                ahead: path,
+                behind: vec![],
+                data,
+            },
+        ));
     }
 
     fn bound_trust(&mut self) {
@@ -764,12 +747,7 @@ impl Router {
             return;
         }
         self.stats.relayed += 1;
-        push_bounded(
-            &mut self.transmits,
-            self.config.max_queued_transmits,
-            &mut self.stats.transmits_dropped,
-            (next, frame),
-        );
+        self.transmits.push((next, frame));
     }
 
     fn relay_allowed(&mut self, now: Instant) -> bool {
@@ -895,20 +873,15 @@ impl Router {
             }
             RouteData::Punch => {
                 if let (Some(client), Some(probe)) = (behind.first(), encode(&RouteData::Probe)) {
-                    push_bounded(
-                        &mut self.transmits,
-                        self.config.max_queued_transmits,
-                        &mut self.stats.transmits_dropped,
-                        (
-                            client.clone(),
-                            RouteMessage::Forward {
-                                route,
-                                ahead: vec![],
-                                behind: vec![],
-                                data: probe,
-                            },
-                        ),
-                    );
+                    self.transmits.push((
+                        client.clone(),
+                        RouteMessage::Forward {
+                            route,
+                            ahead: vec![],
+                            behind: vec![],
+                            data: probe,
+                        },
+                    ));
                 }
             }
             RouteData::Probe => {
@@ -1089,7 +1062,7 @@ impl Router {
 
     /// The next frame to send.
     pub fn poll_transmit(&mut self) -> Option<(Contact, RouteMessage)> {
-        self.transmits.pop_front()
+        self.transmits.queue.pop_front()
     }
 
     /// The next event.
@@ -1120,12 +1093,21 @@ fn handshake_seed(entropy: &mut Option<Entropy>, rng: &mut ChaCha8Rng) -> [u8; 3
     }
 }
 
-/// Queues `item` unless `queue` holds `cap` already; then counts it in `dropped`.
-fn push_bounded<T>(queue: &mut VecDeque<T>, cap: usize, dropped: &mut u64, item: T) {
-    if queue.len() >= cap {
-        *dropped += 1;
-    } else {
-        queue.push_back(item);
+/// The router's outgoing frames: a queue bounded at `cap`; frames beyond it are dropped and
+/// counted.
+struct Outbox {
+    queue: VecDeque<(Contact, RouteMessage)>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl Outbox {
+    fn push(&mut self, item: (Contact, RouteMessage)) {
+        if self.queue.len() >= self.cap {
+            self.dropped += 1;
+        } else {
+            self.queue.push_back(item);
+        }
     }
 }
 
