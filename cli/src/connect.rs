@@ -32,6 +32,58 @@ pub struct Options {
     pub strategy: Strategy,
     /// How long to look for the service.
     pub wait: Duration,
+    /// Fall back to the service's onion service when no P2P route works (`None`: never).
+    pub tor: Option<TorFallback>,
+}
+
+/// Where and how to start Tor when a connection falls back to it.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "tor"), allow(dead_code))]
+pub struct TorFallback {
+    /// The state directory (Arti keeps its state under it).
+    pub dir: std::path::PathBuf,
+    /// Give up bootstrapping after this long.
+    pub timeout: Duration,
+}
+
+/// Tor for the fallback: started on first need, shared by all connections.
+#[derive(Clone)]
+struct Fallback {
+    #[cfg_attr(not(feature = "tor"), allow(dead_code))]
+    settings: TorFallback,
+    #[cfg(feature = "tor")]
+    client: Arc<tokio::sync::OnceCell<std::result::Result<Arc<crate::tor::Client>, String>>>,
+}
+
+impl Fallback {
+    fn new(settings: TorFallback) -> Self {
+        Self {
+            settings,
+            #[cfg(feature = "tor")]
+            client: Arc::default(),
+        }
+    }
+
+    /// A Tor stream to `onion`'s virtual port.
+    #[cfg(feature = "tor")]
+    async fn connect(&self, onion: &str) -> Result<arti_client::DataStream> {
+        let client = self
+            .client
+            .get_or_init(|| async {
+                eprintln!("Tor: bootstrapping for the fallback");
+                crate::tor::bootstrap(
+                    &crate::tor::dir(&self.settings.dir),
+                    self.settings.timeout,
+                    |p| eprintln!("Tor: bootstrap {}%: {}", p.percent, p.text),
+                )
+                .await
+                .map_err(|e| format!("{e:#}"))
+            })
+            .await
+            .clone()
+            .map_err(anyhow::Error::msg)?;
+        crate::tor::connect(&client, onion, crate::tor::VIRTUAL_PORT).await
+    }
 }
 
 /// Runs until Ctrl-C.
@@ -55,20 +107,23 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
         record.endpoints.len(),
         started.elapsed().as_millis()
     );
-    let listener = TcpListener::bind(("127.0.0.1", opts.port.unwrap_or(0)))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on 127.0.0.1:{}: is the port in use? Pick another with --port",
-                opts.port.unwrap_or(0)
-            )
-        })?;
+    let listener = bind(opts.port).await?;
     let local = listener.local_addr()?;
     // The first route, planned and opened now: it shows the user where traffic will go and
     // warms the connections, so the first visitor does not pay for the setup.
     let route = handle.plan(&record, opts.strategy, BTreeSet::new()).await?;
     println!("route {}", describe(&route));
     println!("listening on {local} → {}", opts.target);
+    if let Some(onion) = &record.tor_address {
+        match (&opts.tor, cfg!(feature = "tor")) {
+            (Some(_), true) => println!("fallback: over Tor to {onion} when no P2P route works"),
+            (None, _) => println!("fallback: none (--no-tor; the service is also at {onion})"),
+            (Some(_), false) => println!(
+                "fallback: none (this beam was built without Tor; the service is also at {onion})"
+            ),
+        }
+    }
+    let fallback = opts.tor.clone().map(Fallback::new);
     let record = Arc::new(tokio::sync::RwLock::new(record));
     let target = Arc::new(opts.target.clone());
     let seq = Arc::new(AtomicU64::new(0));
@@ -91,10 +146,10 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
                 };
                 let _ = tcp.set_nodelay(true);
                 let (handle, record, seq) = (handle.clone(), record.clone(), seq.clone());
-                let (strategy, target) = (opts.strategy, target.clone());
+                let (strategy, target, fallback) = (opts.strategy, target.clone(), fallback.clone());
                 tokio::spawn(async move {
                     let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
-                    forward(&handle, &record, &target, strategy, tcp, n).await;
+                    forward(&handle, &record, &target, strategy, fallback.as_ref(), tcp, n).await;
                 });
             }
         }
@@ -222,9 +277,11 @@ async fn forward(
     record: &tokio::sync::RwLock<ServiceRecord>,
     target: &ServiceRef,
     strategy: Strategy,
+    fallback: Option<&Fallback>,
     tcp: TcpStream,
     n: u64,
 ) {
+    let started = Instant::now();
     let current = record.read().await.clone();
     let mut opened = open_with_failover(handle, &current, strategy).await;
     if let Err(e) = &opened
@@ -246,9 +303,132 @@ async fn forward(
             let next_nonce = u64::from(!route.relays.is_empty());
             tunnel::carry(handle, tcp, opened.tunnel, next_nonce).await;
         }
-        Err(e) => {
+        Err(e @ OpenError::Refused(tunnel::Status::LocalRefused)) => {
             eprintln!("connection {n}: {e}");
             let _ = tcp.set_zero_linger();
         }
+        Err(e) => {
+            let onion = record.read().await.tor_address.clone();
+            match (fallback, onion) {
+                #[cfg(feature = "tor")]
+                (Some(fallback), Some(onion)) => {
+                    println!("connection {n}: no P2P route ({e}); falling back to Tor");
+                    match fallback.connect(&onion).await {
+                        Ok(stream) => {
+                            println!(
+                                "connection {n}: over Tor to {onion}, setup {:.1} ms",
+                                started.elapsed().as_secs_f64() * 1e3
+                            );
+                            crate::tor::splice(stream, tcp).await;
+                        }
+                        Err(e) => {
+                            eprintln!("connection {n}: {e:#}");
+                            let _ = tcp.set_zero_linger();
+                        }
+                    }
+                }
+                _ => {
+                    let _ = started;
+                    eprintln!("connection {n}: {e}");
+                    let _ = tcp.set_zero_linger();
+                }
+            }
+        }
     }
+}
+
+/// `beam connect X.onion`: any onion service, over Tor, on a local port.
+#[cfg(feature = "tor")]
+pub async fn run_onion(
+    state_dir: &std::path::Path,
+    onion: &str,
+    onion_port: u16,
+    port: Option<u16>,
+    timeout: Duration,
+) -> Result<()> {
+    use crate::tor;
+    let onion = onion.to_ascii_lowercase();
+    if onion.parse::<tor_hsservice::HsId>().is_err() {
+        bail!(
+            "`{onion}` is not a valid onion address (a v3 address: 56 characters of a-z and 2-7,              then .onion)"
+        );
+    }
+    let started = Instant::now();
+    let listener = bind(port).await?;
+    let local = listener.local_addr()?;
+    let client = tor::bootstrap(&tor::dir(state_dir), timeout, |p| {
+        eprintln!("Tor: bootstrap {}%: {}", p.percent, p.text);
+    })
+    .await?;
+    println!(
+        "Tor: bootstrapped in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("listening on {local} → {onion}:{onion_port} (over Tor)");
+    let seq = Arc::new(AtomicU64::new(0));
+    let onion = Arc::new(onion);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut ctrl_c => {
+                eprintln!("stopping");
+                return Ok(());
+            }
+            accepted = listener.accept() => {
+                let (tcp, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        eprintln!("warning: accept failed: {e}");
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let (client, onion, seq) = (client.clone(), onion.clone(), seq.clone());
+                tokio::spawn(async move {
+                    let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
+                    let t = Instant::now();
+                    match tor::connect(&client, &onion, onion_port).await {
+                        Ok(stream) => {
+                            println!(
+                                "connection {n}: over Tor, setup {:.1} ms",
+                                t.elapsed().as_secs_f64() * 1e3
+                            );
+                            tor::splice(stream, tcp).await;
+                        }
+                        Err(e) => {
+                            eprintln!("connection {n}: {e:#}");
+                            let _ = tcp.set_zero_linger();
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// `beam connect X.onion` without Tor compiled in.
+#[cfg(not(feature = "tor"))]
+pub async fn run_onion(
+    _state_dir: &std::path::Path,
+    onion: &str,
+    _onion_port: u16,
+    _port: Option<u16>,
+    _timeout: Duration,
+) -> Result<()> {
+    bail!(
+        "cannot reach {onion}: this beam was built without Tor (rebuild with the default `tor` feature)"
+    )
+}
+
+async fn bind(port: Option<u16>) -> Result<TcpListener> {
+    TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{}: is the port in use? Pick another with --port",
+                port.unwrap_or(0)
+            )
+        })
 }

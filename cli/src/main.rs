@@ -14,10 +14,14 @@
 //! core's; this binary carries bytes and talks to the user.
 
 mod connect;
+mod control;
 mod demo;
 mod p2p;
 mod serve;
 mod state;
+mod status;
+#[cfg(feature = "tor")]
+mod tor;
 
 use std::path::PathBuf;
 
@@ -39,7 +43,6 @@ use libp2p::Multiaddr;
         beam connect demo --port 9000 --bootstrap /ip4/HOST/tcp/4001   then: curl localhost:9000\n\
         beam node --p2p-full --listen /ip4/0.0.0.0/tcp/4001             a bootstrap peer and relay\n\
         beam demo                         see it all work on this machine",
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 struct Cli {
@@ -67,6 +70,15 @@ struct ServeArgs {
     /// Claim a name for the service (first come, first served: 1–63 of a-z, 0-9, '-').
     #[arg(long)]
     name: Option<String>,
+    /// Publish it as a Tor onion service too (Arti, in process): prints `Tor URL:
+    /// http://….onion`; the .onion stays the same across restarts and goes into the signed
+    /// service record, so `beam connect NAME` falls back to Tor when no P2P route works.
+    #[arg(long)]
+    tor: bool,
+    /// Give up on Tor (and keep the P2P side running) when it has not bootstrapped after this
+    /// many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", requires = "tor")]
+    tor_timeout: u64,
     #[command(flatten)]
     p2p: P2pArgs,
 }
@@ -122,8 +134,20 @@ enum Command {
         #[command(flatten)]
         p2p: P2pArgs,
     },
-    /// Reach a service by name or beam:// address and forward a local port to it.
+    /// Reach a service by name, beam:// address or .onion address and forward a local port to
+    /// it.
     Connect(ConnectArgs),
+    /// Show the running beam (the one using this state directory): addresses, peers, tunnels.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Tor side of the running beam.
+    Tor {
+        #[command(subcommand)]
+        command: TorCommand,
+    },
     /// Start a small network on this machine (bootstrap peer, two relays, a service, a client)
     /// and fetch a page through it, directly and through relays. Needs no other machine.
     Demo {
@@ -145,9 +169,21 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TorCommand {
+    /// Bootstrap state, circuits in use, the onion service's state, and whether it is
+    /// reachable, measured by reaching it through the Tor network now (a self-test).
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args, Debug)]
 struct ConnectArgs {
-    /// The service: a name (demo) or an address (beam://…).
+    /// The service: a name (demo), an address (beam://…), or any onion service (….onion,
+    /// reached over Tor; no --bootstrap needed).
     target: String,
     /// The local port to listen on (127.0.0.1) [default: any free port, printed].
     #[arg(long)]
@@ -160,6 +196,15 @@ struct ConnectArgs {
     /// just started may still be publishing).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     wait: u64,
+    /// Never fall back to Tor, even when the service publishes a .onion address.
+    #[arg(long)]
+    no_tor: bool,
+    /// For a .onion target: the onion service's port.
+    #[arg(long, default_value_t = 80, value_name = "PORT")]
+    onion_port: u16,
+    /// Give up on Tor when it has not bootstrapped after this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    tor_timeout: u64,
     #[command(flatten)]
     p2p: P2pArgs,
 }
@@ -206,6 +251,9 @@ fn run(cli: Cli) -> Result<()> {
     let policy = p2p::addr::AddrPolicy {
         allow_private: cli.allow_private_addrs,
     };
+    if cli.command.is_some() && cli.serve.port.is_some() {
+        bail!("give either a port to expose (`beam 8000`) or a command (`beam node`), not both");
+    }
     match cli.command {
         None => {
             let Some(port) = cli.serve.port else {
@@ -239,7 +287,14 @@ fn run(cli: Cli) -> Result<()> {
                      ending with '-'"
                 );
             }
-            runtime()?.block_on(serve::run(config))
+            let opts = serve::Options {
+                state_dir: dir,
+                tor: cli
+                    .serve
+                    .tor
+                    .then(|| std::time::Duration::from_secs(cli.serve.tor_timeout)),
+            };
+            runtime()?.block_on(serve::run(config, opts))
         }
         Some(Command::Node { p2p: p }) => {
             let dir = state::dir(cli.state_dir)?;
@@ -252,7 +307,21 @@ fn run(cli: Cli) -> Result<()> {
                 policy,
                 service: None,
             };
-            runtime()?.block_on(serve::run(config))
+            let opts = serve::Options {
+                state_dir: dir,
+                tor: None,
+            };
+            runtime()?.block_on(serve::run(config, opts))
+        }
+        Some(Command::Connect(args)) if args.target.ends_with(".onion") => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(connect::run_onion(
+                &dir,
+                &args.target,
+                args.onion_port,
+                args.port,
+                std::time::Duration::from_secs(args.tor_timeout),
+            ))
         }
         Some(Command::Connect(args)) => {
             let target: beam_node::app::ServiceRef = args.target.parse()?;
@@ -279,10 +348,24 @@ fn run(cli: Cli) -> Result<()> {
                     port: args.port,
                     strategy: args.strategy.into(),
                     wait: std::time::Duration::from_secs(args.wait),
+                    tor: (!args.no_tor).then(|| connect::TorFallback {
+                        dir: dir.clone(),
+                        timeout: std::time::Duration::from_secs(args.tor_timeout),
+                    }),
                 },
             ))
         }
         Some(Command::Demo { json }) => runtime()?.block_on(demo::run(json)),
+        Some(Command::Status { json }) => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(status::node(&dir, json))
+        }
+        Some(Command::Tor {
+            command: TorCommand::Status { json },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(status::tor(&dir, json))
+        }
         Some(Command::Id { json }) => {
             let dir = state::dir(cli.state_dir)?;
             let (kp, created) = state::load_or_create_identity(&dir)?;

@@ -14,16 +14,26 @@
 //! ```
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use beam_node::record::RecordError;
 
 use crate::p2p::{self, Notice, PublishedWhat};
 
+/// What else `beam <PORT>` and `beam node` were asked.
+pub struct Options {
+    /// The state directory (control socket, Tor state).
+    pub state_dir: PathBuf,
+    /// `--tor`: publish an onion service too, bootstrapping Tor within this time.
+    pub tor: Option<Duration>,
+}
+
 /// Runs the node until Ctrl-C.
-pub async fn run(config: p2p::Config) -> Result<()> {
+pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
+    let started = Instant::now();
     let service = config.service.clone();
     let peer = config.keypair.peer_id();
     if let Some(s) = &service {
@@ -31,11 +41,40 @@ pub async fn run(config: p2p::Config) -> Result<()> {
     }
     let (handle, mut notices) = p2p::start(config).await?;
     p2p::tunnel::spawn_acceptors(&handle, service.as_ref().map(|s| s.port))?;
+    #[cfg(feature = "tor")]
+    let tor_side = opts.tor.map(|_| crate::tor::TorSide::new());
+    #[cfg(not(feature = "tor"))]
+    if opts.tor.is_some() {
+        bail!("this beam was built without Tor (rebuild with the default `tor` feature)");
+    }
+    crate::control::spawn(
+        &opts.state_dir,
+        crate::control::Context {
+            p2p: handle.clone(),
+            port: service.as_ref().map(|s| s.port),
+            name: service.as_ref().and_then(|s| s.name.clone()),
+            #[cfg(feature = "tor")]
+            tor: tor_side.clone(),
+            started,
+        },
+    )
+    .await?;
     let status = handle.status().await?;
     println!("{peer}");
     match &service {
         Some(s) => println!("forwarding to 127.0.0.1:{}", s.port),
         None => println!("node ({}), exposing nothing", status.participation),
+    }
+    #[cfg(feature = "tor")]
+    if let (Some(side), Some(timeout), Some(s)) = (&tor_side, opts.tor, &service) {
+        tokio::spawn(run_tor(
+            side.clone(),
+            crate::tor::dir(&opts.state_dir),
+            timeout,
+            s.port,
+            handle.clone(),
+            started,
+        ));
     }
     let tty = std::io::stderr().is_terminal();
     let mut line = tokio::time::interval(Duration::from_secs(2));
@@ -49,6 +88,7 @@ pub async fn run(config: p2p::Config) -> Result<()> {
                     eprintln!();
                 }
                 eprintln!("stopping");
+                let _ = std::fs::remove_file(crate::control::path(&opts.state_dir));
                 return Ok(());
             }
             n = notices.recv() => {
@@ -142,6 +182,68 @@ pub async fn run(config: p2p::Config) -> Result<()> {
             }
         }
     }
+}
+
+/// The Tor side of `beam <PORT> --tor`: bootstrap (progress on stderr), launch the onion
+/// service, print its URL, put it in the signed service record, then measure that it is
+/// reachable. A failure is reported and leaves the P2P side running.
+#[cfg(feature = "tor")]
+async fn run_tor(
+    side: std::sync::Arc<crate::tor::TorSide>,
+    dir: PathBuf,
+    timeout: Duration,
+    port: u16,
+    handle: p2p::Handle,
+    started: Instant,
+) {
+    use crate::tor;
+    eprintln!("Tor: bootstrapping (up to {} s)", timeout.as_secs());
+    let client = match tor::bootstrap(&dir, timeout, |p| {
+        side.progress(p);
+        eprintln!("Tor: bootstrap {}%: {}", p.percent, p.text);
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}. The P2P side keeps running.");
+            side.failed(format!("{e:#}"));
+            return;
+        }
+    };
+    let onion = match tor::launch(&client, port, side.stats.clone()) {
+        Ok(o) => std::sync::Arc::new(o),
+        Err(e) => {
+            eprintln!("error: {e:#}. The P2P side keeps running.");
+            side.failed(format!("{e:#}"));
+            return;
+        }
+    };
+    println!("Tor URL: http://{}", onion.address);
+    handle.set_tor_address(Some(onion.address.clone())).await;
+    side.running(client, Some(onion));
+    // Until a visitor's path through the Tor network works, try it as a visitor would.
+    let give_up = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < give_up {
+        match side.test(Duration::from_secs(30)).await {
+            Some(t) if t.reachable => {
+                println!(
+                    "Tor: onion service reachable (self-test over Tor: rendezvous in {} ms, {:.1} s \
+                     after start)",
+                    t.took_ms,
+                    started.elapsed().as_secs_f64()
+                );
+                return;
+            }
+            Some(t) => tracing::debug!(error = ?t.error, "onion self-test failed"),
+            None => return,
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    eprintln!(
+        "warning: the onion service is not reachable over Tor after 10 minutes (see `beam tor \
+         status`)"
+    );
 }
 
 /// Warns (does not fail) when nothing listens on the local port yet: the service may start

@@ -8,6 +8,9 @@
 //! - [`HttpServer`] / [`http_get`] — a tiny HTTP server with a known body, and a client that
 //!   returns the body and the time to its first byte.
 //! - [`TempDir`] — a state directory per node, removed when dropped.
+//! - [`tornet`] — a private Tor network on loopback (Debian's `tor`), torn down when dropped.
+
+pub mod tornet;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -90,6 +93,15 @@ impl Beam {
     /// Starts `beam ARGS` (with `--allow-private-addrs`: everything here is on loopback), with
     /// `wrapper` in front when given (e.g. `ip netns exec NS`).
     pub fn start_in(wrapper: &[&str], label: &str, args: &[&str]) -> Self {
+        Self::spawn(wrapper, label, args, &[])
+    }
+
+    /// Starts `beam ARGS` on this host with extra environment variables.
+    pub fn start_env(label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(&[], label, args, env)
+    }
+
+    fn spawn(wrapper: &[&str], label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let bin = beam_bin();
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -105,6 +117,7 @@ impl Beam {
                 "RUST_LOG",
                 std::env::var("BEAM_TEST_LOG").unwrap_or("warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -197,6 +210,24 @@ impl Beam {
             self.seen.lock().expect("lock").join("\n  "),
             self.stderr.lock().expect("lock").join("\n  ")
         )
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it. Panics with the output on
+    /// timeout.
+    pub fn wait_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.stderr().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no stderr line with `{needle}` within {timeout:?}\n{}",
+                self.label,
+                self.dump()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Its stderr so far.
@@ -300,7 +331,41 @@ pub struct Fetched {
 /// GET / on 127.0.0.1:`port`, waiting at most `timeout`.
 pub fn http_get(port: u16, timeout: Duration) -> std::io::Result<Fetched> {
     let start = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    http_over(s, start, timeout)
+}
+
+/// GET http://`host`/ through the SOCKS5 proxy on 127.0.0.1:`socks_port` (a C-tor client's
+/// SocksPort), the proxy resolving `host` (….onion).
+pub fn socks_get(socks_port: u16, host: &str, timeout: Duration) -> std::io::Result<Fetched> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", socks_port))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut hello = [0u8; 2];
+    s.read_exact(&mut hello)?;
+    if hello != [5, 0] {
+        return Err(std::io::Error::other(format!(
+            "SOCKS greeting refused: {hello:?}"
+        )));
+    }
+    let mut req = vec![5, 1, 0, 3, host.len() as u8];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&80u16.to_be_bytes());
+    s.write_all(&req)?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply)?;
+    if reply[1] != 0 {
+        return Err(std::io::Error::other(format!(
+            "SOCKS CONNECT to {host} failed: reply code {}",
+            reply[1]
+        )));
+    }
+    http_over(s, start, timeout)
+}
+
+/// GET / over an open connection.
+fn http_over(mut s: TcpStream, start: Instant, timeout: Duration) -> std::io::Result<Fetched> {
     s.set_read_timeout(Some(timeout))?;
     s.write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")?;
     let mut all = vec![];

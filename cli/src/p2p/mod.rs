@@ -255,6 +255,8 @@ enum Cmd {
     ),
     Responder(oneshot::Sender<beam_node::e2e::Responder>),
     Status(oneshot::Sender<Status>),
+    #[cfg_attr(not(feature = "tor"), allow(dead_code))]
+    SetTorAddress(Option<String>),
 }
 
 /// The running node, as the rest of the binary sees it. Cloning is cheap.
@@ -327,6 +329,13 @@ impl Handle {
     /// A snapshot of the node.
     pub async fn status(&self) -> Result<Status> {
         self.ask(Cmd::Status).await
+    }
+
+    /// Puts the service's `.onion` address into its signed record (or takes it out) and
+    /// republishes, so clients can fall back to Tor.
+    #[cfg_attr(not(feature = "tor"), allow(dead_code))]
+    pub async fn set_tor_address(&self, onion: Option<String>) {
+        let _ = self.cmd.send(Cmd::SetTorAddress(onion)).await;
     }
 }
 
@@ -479,6 +488,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         bootstrap,
         listening: false,
         warned_no_addr: false,
+        tor_address: None,
         joined: false,
         published: None,
         republish: false,
@@ -530,6 +540,8 @@ struct Driver {
     listening: bool,
     /// [`Notice::NoUsableAddress`] was sent.
     warned_no_addr: bool,
+    /// The service's `.onion` address, once its onion service runs.
+    tor_address: Option<String>,
     joined: bool,
     /// The endpoints of the service record last published.
     published: Option<BTreeSet<Multiaddr>>,
@@ -973,7 +985,7 @@ impl Driver {
             peer: self.node.peer_id(),
             seq: 0,
             expires: 0,
-            tor_address: None,
+            tor_address: self.tor_address.clone(),
             endpoints: endpoints
                 .iter()
                 .take(beam_node::record::MAX_ENDPOINTS)
@@ -1109,6 +1121,12 @@ impl Driver {
                 let _ = tx.send(self.node.admit_circuit(open));
             }
             Cmd::Dial(pid, addrs) => self.dial(pid, addrs),
+            Cmd::SetTorAddress(onion) => {
+                if self.tor_address != onion {
+                    self.tor_address = onion;
+                    self.republish = true;
+                }
+            }
             Cmd::StartE2e(key, tx) => {
                 let _ = tx.send(self.node.start_e2e(&key).map_err(|e| e.to_string()));
             }

@@ -1,0 +1,222 @@
+//! The control socket: how `beam status` and `beam tor status` ask the running `beam`.
+//!
+//! A Unix socket `<state dir>/control.sock`, mode 0600 (only the owner may ask). One JSON
+//! request per line, one JSON answer per line:
+//!
+//! ```text
+//! → {"get":"status"}
+//! ← {"ok":true,"status":{…}}
+//! → {"get":"tor"}
+//! ← {"ok":true,"tor":{…}}         (or {"ok":false,"error":"…"})
+//! ```
+//!
+//! Binding also tells two `beam`s apart: a second one started with the same state directory
+//! (the same identity) is refused while the first answers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::p2p::Handle;
+
+/// The socket's file name in the state directory.
+pub const SOCKET: &str = "control.sock";
+/// Requests longer than this are refused (a request is a few dozen bytes).
+const MAX_REQUEST: usize = 4096;
+/// A self-test older than this is run again when `beam tor status` asks.
+#[cfg(feature = "tor")]
+const SELF_TEST_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The socket's path.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET)
+}
+
+/// What can be asked.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "get", rename_all = "kebab-case")]
+pub enum Request {
+    /// The node: addresses, peers, counters.
+    Status,
+    /// The Tor side (runs a reachability self-test when the last one is old).
+    Tor,
+}
+
+/// What the running node knows about itself, for `beam status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The P2P side.
+    pub p2p: serde_json::Value,
+    /// The local port published, if any.
+    pub forwarding_to: Option<u16>,
+    /// The name claimed, if any.
+    pub name: Option<String>,
+    /// `….onion`, when the onion service runs.
+    pub onion_address: Option<String>,
+    /// Tunnel connections open / in total; bytes in and out; bytes relayed for others.
+    pub tunnels_open: usize,
+    pub tunnels_total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub bytes_relayed: u64,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+}
+
+/// What the server answers from.
+#[derive(Clone)]
+pub struct Context {
+    /// The P2P node.
+    pub p2p: Handle,
+    /// The local port, if a service is published.
+    pub port: Option<u16>,
+    /// The name, if claimed.
+    pub name: Option<String>,
+    /// The Tor side, with `--tor`.
+    #[cfg(feature = "tor")]
+    pub tor: Option<Arc<crate::tor::TorSide>>,
+    /// When the node started.
+    pub started: Instant,
+}
+
+/// Binds the socket and serves it in the background. Fails when another `beam` answers on it.
+pub async fn spawn(state_dir: &Path, ctx: Context) -> Result<()> {
+    let path = path(state_dir);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            bail!(
+                "another beam is running with the state directory {} (it answers on {}); stop \
+                 it, or give this one its own --state-dir",
+                state_dir.display(),
+                path.display()
+            );
+        }
+        // Left behind by a beam that did not stop cleanly.
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("cannot bind {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let ctx = Arc::new(ctx);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(stream, &ctx).await {
+                    tracing::debug!(error = %e, "control request failed");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn answer(stream: UnixStream, ctx: &Context) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r.take(MAX_REQUEST as u64)).lines();
+    while let Some(line) = lines.next_line().await? {
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match reply(req, ctx).await {
+                Ok(v) => v,
+                Err(e) => serde_json::json!({"ok": false, "error": format!("{e:#}")}),
+            },
+            Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+        };
+        let mut out = serde_json::to_vec(&reply)?;
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+use tokio::io::AsyncReadExt as _;
+
+async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
+    match req {
+        Request::Status => {
+            let s = ctx.p2p.status().await?;
+            let st = &ctx.p2p.stats;
+            #[cfg(feature = "tor")]
+            let onion_address = ctx.tor.as_ref().and_then(|t| t.onion_address());
+            #[cfg(not(feature = "tor"))]
+            let onion_address = None;
+            let status = NodeStatus {
+                p2p: serde_json::to_value(&s)?,
+                forwarding_to: ctx.port,
+                name: ctx.name.clone(),
+                onion_address,
+                tunnels_open: st.tunnels_open.load(Ordering::Relaxed),
+                tunnels_total: st.tunnels_total.load(Ordering::Relaxed),
+                bytes_in: st.bytes_in.load(Ordering::Relaxed),
+                bytes_out: st.bytes_out.load(Ordering::Relaxed),
+                bytes_relayed: st.bytes_relayed.load(Ordering::Relaxed),
+                uptime_s: ctx.started.elapsed().as_secs(),
+            };
+            Ok(serde_json::json!({"ok": true, "status": status}))
+        }
+        Request::Tor => {
+            #[cfg(feature = "tor")]
+            if let Some(tor) = &ctx.tor {
+                let s = tor.status();
+                if s.state == "running"
+                    && s.onion_address.is_some()
+                    && s.self_test_age_s
+                        .is_none_or(|age| age >= SELF_TEST_MAX_AGE.as_secs())
+                {
+                    tor.test(Duration::from_secs(30)).await;
+                }
+                let mut v = serde_json::to_value(tor.status())?;
+                v["local_port"] = serde_json::json!(ctx.port);
+                return Ok(serde_json::json!({"ok": true, "tor": v}));
+            }
+            bail!("this beam runs without Tor (start it with --tor)")
+        }
+    }
+}
+
+/// Sends one request to the `beam` running with `state_dir` and returns its answer's payload.
+pub async fn ask(state_dir: &Path, req: &Request, timeout: Duration) -> Result<serde_json::Value> {
+    let path = path(state_dir);
+    let mut stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e) => bail!(
+            "no beam is running with the state directory {} (cannot open {}: {e}); start one \
+             with `beam <PORT>` or `beam node`, or point --state-dir at its directory",
+            state_dir.display(),
+            path.display()
+        ),
+    };
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    tokio::time::timeout(timeout, reader.read_line(&mut answer))
+        .await
+        .context("the running beam did not answer in time")??;
+    let v: serde_json::Value =
+        serde_json::from_str(&answer).context("the running beam sent an unreadable answer")?;
+    if v["ok"] != serde_json::Value::Bool(true) {
+        bail!(
+            "{}",
+            v["error"]
+                .as_str()
+                .unwrap_or("the running beam refused the request")
+        );
+    }
+    Ok(v)
+}

@@ -1,0 +1,123 @@
+//! `beam status` and `beam tor status`: ask the running `beam` through its control socket
+//! ([`crate::control`]) and print what it measured.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::control::{self, Request};
+use crate::serve::bytes;
+
+/// `beam status [--json]`.
+pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
+    let v = control::ask(state_dir, &Request::Status, Duration::from_secs(10)).await?;
+    let s = &v["status"];
+    if json {
+        println!("{s}");
+        return Ok(());
+    }
+    let p = &s["p2p"];
+    println!("{}", p["peer_id"].as_str().unwrap_or("?"));
+    if let Some(name) = s["name"].as_str() {
+        println!("name:          {name}");
+    }
+    if let Some(onion) = s["onion_address"].as_str() {
+        println!("Tor URL:       http://{onion}");
+    }
+    match s["forwarding_to"].as_u64() {
+        Some(port) => println!("forwarding to: 127.0.0.1:{port}"),
+        None => println!("forwarding to: nothing (a node that exposes nothing)"),
+    }
+    println!(
+        "participation: {}",
+        p["participation"].as_str().unwrap_or("?")
+    );
+    for a in p["listen"].as_array().into_iter().flatten() {
+        println!("listening:     {}", a.as_str().unwrap_or("?"));
+    }
+    let estimate = p["network_size_estimate"]
+        .as_f64()
+        .map_or("not yet measured".to_string(), |e| format!("~{e:.0} peers"));
+    println!(
+        "peers:         {} connected, {} in the routing table; network {estimate}",
+        p["peers_connected"], p["routing_table"]
+    );
+    println!(
+        "tunnels:       {} open, {} in total; in {}, out {}; relayed for others {}",
+        s["tunnels_open"],
+        s["tunnels_total"],
+        bytes(s["bytes_in"].as_u64().unwrap_or(0)),
+        bytes(s["bytes_out"].as_u64().unwrap_or(0)),
+        bytes(s["bytes_relayed"].as_u64().unwrap_or(0)),
+    );
+    println!(
+        "records held:  {} · malformed messages dropped: {} · up {} s",
+        p["records_held"], p["malformed_in"], s["uptime_s"]
+    );
+    Ok(())
+}
+
+/// `beam tor status [--json]`.
+pub async fn tor(state_dir: &Path, json: bool) -> Result<()> {
+    // The answer may wait for a self-test through the Tor network (up to 30 s).
+    let v = control::ask(state_dir, &Request::Tor, Duration::from_secs(45)).await?;
+    let t = &v["tor"];
+    if json {
+        println!("{t}");
+        return Ok(());
+    }
+    let state = t["state"].as_str().unwrap_or("?");
+    let detail = t["detail"].as_str().unwrap_or("");
+    match state {
+        "running" => println!(
+            "Tor:            running, bootstrapped in {:.1} s ({detail})",
+            t["bootstrap_ms"].as_f64().unwrap_or(0.0) / 1e3
+        ),
+        "bootstrapping" => println!(
+            "Tor:            bootstrapping, {}% ({detail})",
+            t["bootstrap_percent"]
+        ),
+        _ => println!("Tor:            {state}: {detail}"),
+    }
+    if let Some(onion) = t["onion_address"].as_str() {
+        let to = t["local_port"]
+            .as_u64()
+            .map_or(String::new(), |p| format!(" → 127.0.0.1:{p}"));
+        println!("onion service:  http://{onion}{to}");
+        match &t["self_test"] {
+            Value::Null => println!("reachable:      not tested yet"),
+            st if st["reachable"] == Value::Bool(true) => println!(
+                "reachable:      yes (self-test through the Tor network: rendezvous in {} ms, {} s \
+                 ago)",
+                st["took_ms"], t["self_test_age_s"]
+            ),
+            st => println!(
+                "reachable:      no (self-test through the Tor network failed after {} ms: {})",
+                st["took_ms"],
+                st["error"].as_str().unwrap_or("?")
+            ),
+        }
+        println!(
+            "Arti's view:    {}{}",
+            t["service_state"].as_str().unwrap_or("?"),
+            t["service_problem"]
+                .as_str()
+                .map_or(String::new(), |p| format!(" ({p})"))
+        );
+    }
+    println!(
+        "circuits:       {} in use · introductions {} · rendezvous failed {} · self-tests {}",
+        t["circuits_in_use"], t["introductions"], t["rendezvous_failed"], t["probes"]
+    );
+    println!(
+        "visitors:       {} streams open, {} in total, {} refused · in {} · out {}",
+        t["streams_open"],
+        t["streams_total"],
+        t["streams_refused"],
+        bytes(t["bytes_in"].as_u64().unwrap_or(0)),
+        bytes(t["bytes_out"].as_u64().unwrap_or(0)),
+    );
+    Ok(())
+}
