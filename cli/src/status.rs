@@ -86,19 +86,32 @@ pub async fn tor(state_dir: &Path, json: bool) -> Result<()> {
             .as_u64()
             .map_or(String::new(), |p| format!(" → 127.0.0.1:{p}"));
         println!("onion service:  http://{onion}{to}");
-        match &t["self_test"] {
-            Value::Null => println!("reachable:      not tested yet"),
-            st if st["reachable"] == Value::Bool(true) => println!(
-                "reachable:      yes (self-test through the Tor network: rendezvous in {} ms, {} s \
-                 ago)",
-                st["took_ms"], t["self_test_age_s"]
+        let test = &t["self_test"];
+        let test_text = if test.is_null() {
+            "not run yet".to_string()
+        } else if test["reachable"] == Value::Bool(true) {
+            format!(
+                "rendezvous in {} ms, {} s ago",
+                test["took_ms"], t["self_test_age_s"]
+            )
+        } else {
+            format!(
+                "failed after {} ms, {} s ago: {}",
+                test["took_ms"],
+                t["self_test_age_s"],
+                test["error"].as_str().unwrap_or("?")
+            )
+        };
+        match (&t["reachable"], t["reachable_by"].as_str()) {
+            (Value::Bool(true), Some("rendezvous")) => println!(
+                "reachable:      yes (a rendezvous through the Tor network completed {} s ago)",
+                t["last_rendezvous_age_s"]
             ),
-            st => println!(
-                "reachable:      no (self-test through the Tor network failed after {} ms: {})",
-                st["took_ms"],
-                st["error"].as_str().unwrap_or("?")
-            ),
+            (Value::Bool(true), _) => println!("reachable:      yes (self-test: {test_text})"),
+            (Value::Bool(false), _) => println!("reachable:      no (self-test: {test_text})"),
+            _ => println!("reachable:      not measured yet"),
         }
+        println!("self-test:      {test_text}");
         println!(
             "Arti's view:    {}{}",
             t["service_state"].as_str().unwrap_or("?"),

@@ -40,6 +40,8 @@ pub const VIRTUAL_PORT: u16 = 80;
 /// [`VIRTUAL_PORT`]), so the probe proves the rendezvous worked without touching the local
 /// service.
 const PROBE_PORT: u16 = 1;
+/// A rendezvous this recent shows the service reachable.
+pub const REACHABLE_WINDOW: Duration = Duration::from_secs(600);
 /// The onion service's nickname (its keys live under this name in the keystore).
 const NICKNAME: &str = "beam";
 
@@ -65,6 +67,8 @@ pub struct TorStats {
     pub probes: AtomicU64,
     /// Streams this node opened to onion services (`beam connect`), open now.
     pub client_streams: AtomicUsize,
+    /// When the latest rendezvous with a visitor completed (any visitor, the self-test too).
+    pub last_rendezvous: Mutex<Option<Instant>>,
     /// Bytes from Tor to local sockets.
     pub bytes_in: AtomicU64,
     /// Bytes from local sockets to Tor.
@@ -257,6 +261,10 @@ async fn serve(
                 }
             };
             stats.service_circuits.fetch_add(1, Ordering::Relaxed);
+            *stats
+                .last_rendezvous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             while let Some(request) = streams.next().await {
                 tokio::spawn(serve_stream(request, port, stats.clone()));
             }
@@ -446,6 +454,14 @@ pub struct TorStatus {
     pub service_state: Option<String>,
     /// Arti's current problem with the service, if any.
     pub service_problem: Option<String>,
+    /// Whether the onion service is reachable, as measured: a rendezvous completed within
+    /// [`REACHABLE_WINDOW`] (a visitor's or the self-test's), or else the latest self-test;
+    /// `None` before either says anything.
+    pub reachable: Option<bool>,
+    /// What `reachable` rests on: `rendezvous` or `self-test`.
+    pub reachable_by: Option<String>,
+    /// Seconds since the latest completed rendezvous.
+    pub last_rendezvous_age_s: Option<u64>,
     /// The latest reachability self-test, and how long ago it ran.
     pub self_test: Option<SelfTest>,
     /// Seconds since `self_test` ran.
@@ -545,6 +561,9 @@ impl TorSide {
             onion_address: None,
             service_state: None,
             service_problem: None,
+            reachable: None,
+            reachable_by: None,
+            last_rendezvous_age_s: None,
             self_test: None,
             self_test_age_s: None,
             circuits_in_use: s.service_circuits.load(Ordering::Relaxed)
@@ -589,6 +608,16 @@ impl TorSide {
                 if let Some((at, t)) = last_test {
                     out.self_test = Some(t.clone());
                     out.self_test_age_s = Some(at.elapsed().as_secs());
+                    out.reachable = Some(t.reachable);
+                    out.reachable_by = Some("self-test".into());
+                }
+                let last = *s.last_rendezvous.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(at) = last {
+                    out.last_rendezvous_age_s = Some(at.elapsed().as_secs());
+                    if at.elapsed() < REACHABLE_WINDOW {
+                        out.reachable = Some(true);
+                        out.reachable_by = Some("rendezvous".into());
+                    }
                 }
             }
         }

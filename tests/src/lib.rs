@@ -32,11 +32,13 @@ pub fn beam_bin() -> PathBuf {
             .expect("tests/ is inside the workspace")
             .to_path_buf();
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "beam", "--locked"])
+            // The whole workspace, as `.ci/run` does: dependencies then get the features they
+            // have under `cargo test --workspace`, so this build reuses that one's.
+            .args(["build", "--workspace", "--locked"])
             .current_dir(&root)
             .status()
             .expect("run cargo build -p beam");
-        assert!(status.success(), "cargo build -p beam failed");
+        assert!(status.success(), "cargo build --workspace failed");
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));

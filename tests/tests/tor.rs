@@ -286,7 +286,7 @@ fn onion_service_on_a_private_tor_network() {
     let (ok, status) = beam_output(&["--state-dir", svc_dir.path(), "tor", "status", "--json"]);
     assert!(ok, "beam tor status failed: {status}");
     assert!(
-        status.contains("\"reachable\":true") && status.contains(&onion),
+        status.contains("\"reachable\":true,\"reachable_by\"") && status.contains(&onion),
         "beam tor status does not measure the service reachable: {status}"
     );
     assert!(
