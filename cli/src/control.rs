@@ -65,6 +65,10 @@ pub struct NodeStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub bytes_relayed: u64,
+    /// The per-peer cap on relayed circuits (bytes/s; `None`: no cap), and how often a peer
+    /// had to wait for it.
+    pub relay_rate: Option<u64>,
+    pub relay_throttled: u64,
     /// Seconds since the node started.
     pub uptime_s: u64,
 }
@@ -164,6 +168,8 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
                 bytes_in: st.bytes_in.load(Ordering::Relaxed),
                 bytes_out: st.bytes_out.load(Ordering::Relaxed),
                 bytes_relayed: st.bytes_relayed.load(Ordering::Relaxed),
+                relay_rate: ctx.p2p.limiter.rate(),
+                relay_throttled: ctx.p2p.limiter.throttled.load(Ordering::Relaxed),
                 uptime_s: ctx.started.elapsed().as_secs(),
             };
             Ok(serde_json::json!({"ok": true, "status": status}))

@@ -185,6 +185,7 @@ async fn node(
             allow_private: true,
         },
         service,
+        relay_rate: None,
     })
     .await?;
     p2p::tunnel::spawn_acceptors(&h, port)?;

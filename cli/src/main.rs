@@ -100,6 +100,10 @@ struct P2pArgs {
     /// for several [default: TCP and QUIC on all interfaces, any free port].
     #[arg(long, value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
+    /// Bandwidth cap on the circuits this node relays for any one peer, in MiB/s (both
+    /// directions together; 0: no cap). A peer over its share waits; others do not.
+    #[arg(long, default_value_t = 16.0, value_name = "MIB_PER_S")]
+    relay_rate: f64,
 }
 
 impl P2pArgs {
@@ -111,6 +115,17 @@ impl P2pArgs {
         } else {
             default
         }
+    }
+
+    /// `--relay-rate` in bytes per second (`None`: no cap).
+    fn relay_rate(&self) -> Result<Option<u64>> {
+        if !self.relay_rate.is_finite() || self.relay_rate < 0.0 {
+            bail!(
+                "--relay-rate must be a number of MiB/s, 0 or more (0: no cap); got {}",
+                self.relay_rate
+            );
+        }
+        Ok(Some((self.relay_rate * 1024.0 * 1024.0) as u64).filter(|r| *r > 0))
     }
 
     fn listen_or(&self, port: u16) -> Vec<Multiaddr> {
@@ -278,6 +293,7 @@ fn run(cli: Cli) -> Result<()> {
                     port,
                     name: cli.serve.name.clone(),
                 }),
+                relay_rate: p.relay_rate()?,
             };
             if let Some(name) = &cli.serve.name
                 && !beam_node::record::valid_name(name)
@@ -306,6 +322,7 @@ fn run(cli: Cli) -> Result<()> {
                 bootstrap: p.bootstrap.clone(),
                 policy,
                 service: None,
+                relay_rate: p.relay_rate()?,
             };
             let opts = serve::Options {
                 state_dir: dir,
@@ -340,6 +357,7 @@ fn run(cli: Cli) -> Result<()> {
                 bootstrap: args.p2p.bootstrap.clone(),
                 policy,
                 service: None,
+                relay_rate: args.p2p.relay_rate()?,
             };
             runtime()?.block_on(connect::run(
                 config,

@@ -52,6 +52,13 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
         bytes(s["bytes_out"].as_u64().unwrap_or(0)),
         bytes(s["bytes_relayed"].as_u64().unwrap_or(0)),
     );
+    let cap = s["relay_rate"]
+        .as_u64()
+        .map_or("no cap".to_string(), |r| format!("{}/s per peer", bytes(r)));
+    println!(
+        "relay cap:     {cap}; peers made to wait {} times",
+        s["relay_throttled"]
+    );
     println!(
         "records held:  {} · malformed messages dropped: {} · up {} s",
         p["records_held"], p["malformed_in"], s["uptime_s"]

@@ -16,12 +16,19 @@ struct Net {
     boot: Beam,
     boot_addr: String,
     relays: Vec<Beam>,
-    _dirs: Vec<TempDir>,
+    /// The bootstrap node's, then each relay's state directory (with its `tap.bin`: every byte
+    /// it relayed, through `BEAM_RELAY_TAP`).
+    dirs: Vec<TempDir>,
+}
+
+fn tap_env(d: &TempDir) -> String {
+    d.0.join("tap.bin").to_str().expect("utf-8").to_string()
 }
 
 fn network(relays: usize) -> Net {
     let mut dirs = vec![TempDir::new("boot")];
-    let mut boot = Beam::start(
+    let tap = tap_env(&dirs[0]);
+    let mut boot = Beam::start_env(
         "boot",
         &[
             "node",
@@ -31,12 +38,14 @@ fn network(relays: usize) -> Net {
             "--state-dir",
             dirs[0].path(),
         ],
+        &[("BEAM_RELAY_TAP", &tap)],
     );
     let boot_addr = listen_addr(&boot.wait_for("listening ", T));
     let mut rs = vec![];
     for i in 0..relays {
         let d = TempDir::new(&format!("relay{i}"));
-        let mut r = Beam::start(
+        let tap = tap_env(&d);
+        let mut r = Beam::start_env(
             &format!("relay{i}"),
             &[
                 "node",
@@ -48,6 +57,7 @@ fn network(relays: usize) -> Net {
                 "--state-dir",
                 d.path(),
             ],
+            &[("BEAM_RELAY_TAP", &tap)],
         );
         r.wait_for("joined the network", T);
         rs.push(r);
@@ -57,7 +67,7 @@ fn network(relays: usize) -> Net {
         boot,
         boot_addr,
         relays: rs,
-        _dirs: dirs,
+        dirs,
     }
 }
 
@@ -105,9 +115,43 @@ fn connect(net: &Net, target: &str, strategy: &str, dir: &TempDir) -> (Beam, u16
     (c, port, started)
 }
 
+/// A plaintext marker the body carries every MiB: no relay may ever see it.
+const MARKER: &[u8] = b"BEAM-PLAINTEXT-MARKER-a6f1c0de-relays-must-never-see-this";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `"key":N` from `beam status --json`.
+fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    json[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn status_json(dir: &TempDir) -> String {
+    let out = std::process::Command::new(beam_e2e::beam_bin())
+        .args(["--state-dir", dir.path(), "status", "--json"])
+        .output()
+        .expect("run beam status");
+    assert!(
+        out.status.success(),
+        "beam status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 #[test]
 fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
-    let body = Arc::new(body_of(50 << 20, 7));
+    let mut body = body_of(50 << 20, 7);
+    for at in (0..body.len() - MARKER.len()).step_by(1 << 20) {
+        body[at..at + MARKER.len()].copy_from_slice(MARKER);
+    }
+    let body = Arc::new(body);
     let want = sha256(&body);
     let http = HttpServer::start(body.clone());
     let net = network(2);
@@ -152,6 +196,34 @@ fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
         .and_then(|r| r.split(" to ").next())
         .map(|r| r.split(", ").count());
     assert_eq!(hops, Some(2), "two relays: {line}");
+
+    // The two relays on the route carried the whole body (their counters and their taps say so)
+    // and never saw the marker: only ciphertext passes them.
+    let mut carried = vec![];
+    for d in &net.dirs {
+        let relayed = json_u64(&status_json(d), "bytes_relayed").expect("bytes_relayed");
+        let tapped = std::fs::read(d.0.join("tap.bin")).unwrap_or_default();
+        assert!(
+            !contains(&tapped, MARKER),
+            "a relay saw the plaintext marker ({})",
+            d.path()
+        );
+        assert_eq!(
+            relayed,
+            tapped.len() as u64,
+            "the relay counter and the tap disagree"
+        );
+        carried.push(relayed);
+    }
+    let full = carried.iter().filter(|&&n| n >= body.len() as u64).count();
+    eprintln!(
+        "multi-hop: bytes relayed per node (boot, relays): {carried:?}; body {}",
+        body.len()
+    );
+    assert_eq!(
+        full, 2,
+        "two relays each carried the whole body: {carried:?}"
+    );
 }
 
 #[test]

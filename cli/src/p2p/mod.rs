@@ -30,6 +30,7 @@
 
 pub mod addr;
 pub mod frame;
+pub mod limit;
 pub mod tunnel;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -104,6 +105,9 @@ pub struct Config {
     pub policy: AddrPolicy,
     /// The service to publish, if any.
     pub service: Option<ServiceSpec>,
+    /// Bandwidth cap per previous-hop peer on the circuits this node relays, bytes per second
+    /// (`None`: no cap).
+    pub relay_rate: Option<u64>,
 }
 
 /// A service this node publishes.
@@ -269,6 +273,8 @@ pub struct Handle {
     pub peer: beam_node::PeerId,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// The per-peer bandwidth cap on relayed circuits.
+    pub limiter: Arc<limit::RelayLimiter>,
 }
 
 impl Handle {
@@ -458,6 +464,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         control: control.clone(),
         peer: config.keypair.peer_id(),
         stats: stats.clone(),
+        limiter: Arc::new(limit::RelayLimiter::new(config.relay_rate)),
     };
     let bootstrap = config
         .bootstrap
@@ -1253,6 +1260,7 @@ mod tests {
                 allow_private: true,
             },
             service,
+            relay_rate: None,
         })
         .await
         .expect("start");

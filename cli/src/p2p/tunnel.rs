@@ -464,9 +464,9 @@ pub fn spawn_acceptors(handle: &Handle, service_port: Option<u16>) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let h = handle.clone();
     tokio::spawn(async move {
-        while let Some((_, stream)) = incoming.next().await {
+        while let Some((peer, stream)) = incoming.next().await {
             let h = h.clone();
-            tokio::spawn(async move { on_circuit(&h, stream.compat(), service_port).await });
+            tokio::spawn(async move { on_circuit(&h, peer, stream.compat(), service_port).await });
         }
     });
     Ok(())
@@ -503,7 +503,12 @@ async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, st: Status) {
     let _ = w.shutdown().await;
 }
 
-async fn on_circuit(handle: &Handle, mut s: Compat<libp2p::Stream>, service_port: Option<u16>) {
+async fn on_circuit(
+    handle: &Handle,
+    from: libp2p::PeerId,
+    mut s: Compat<libp2p::Stream>,
+    service_port: Option<u16>,
+) {
     let header = match step("the previous hop", frame::read(&mut s, MAX_HEADER)).await {
         Ok(Some(h)) => h,
         _ => {
@@ -521,7 +526,7 @@ async fn on_circuit(handle: &Handle, mut s: Compat<libp2p::Stream>, service_port
             None => refuse(&mut s, Status::NoService).await,
         }
     } else {
-        relay(handle, s, header).await;
+        relay(handle, from, s, header).await;
     }
 }
 
@@ -533,7 +538,77 @@ impl Drop for CircuitGuard<'_> {
     }
 }
 
-async fn relay(handle: &Handle, mut inbound: Compat<libp2p::Stream>, header: CircuitHeader) {
+/// Where `BEAM_RELAY_TAP` names a file, a relay appends every byte it carries to it: what a
+/// relay's operator could see (ciphertext only; the tests check that a plaintext marker never
+/// appears). For audits; off unless set.
+pub const TAP_ENV: &str = "BEAM_RELAY_TAP";
+
+/// The tap file, opened once.
+fn tap() -> Option<Arc<std::sync::Mutex<std::fs::File>>> {
+    static TAP: std::sync::OnceLock<Option<Arc<std::sync::Mutex<std::fs::File>>>> =
+        std::sync::OnceLock::new();
+    TAP.get_or_init(|| {
+        let path = std::env::var_os(TAP_ENV)?;
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
+            Ok(f) => Some(Arc::new(std::sync::Mutex::new(f))),
+            Err(e) => {
+                eprintln!(
+                    "warning: {TAP_ENV}={}: {e}; relaying without the tap",
+                    std::path::Path::new(&path).display()
+                );
+                None
+            }
+        }
+    })
+    .clone()
+}
+
+/// One direction of a relayed circuit: copies `r` to `w` until `r` ends, then half-closes `w`;
+/// counts the bytes, charges them to `from` (the per-peer cap), and writes them to the tap.
+async fn relay_copy<R, W>(
+    handle: &Handle,
+    from: &libp2p::PeerId,
+    mut r: R,
+    mut w: W,
+    tap: Option<&std::sync::Mutex<std::fs::File>>,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return w.shutdown().await;
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        if let Some(tap) = tap {
+            use std::io::Write as _;
+            let _ = tap
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_all(&buf[..n]);
+        }
+        handle
+            .stats
+            .bytes_relayed
+            .fetch_add(n as u64, Ordering::Relaxed);
+        handle.limiter.charge(from, n).await;
+    }
+}
+
+async fn relay(
+    handle: &Handle,
+    from: libp2p::PeerId,
+    mut inbound: Compat<libp2p::Stream>,
+    header: CircuitHeader,
+) {
     if header.hops.len() > MAX_RELAYS_PER_ROUTE + 1 || !handle.admit_circuit().await {
         refuse(&mut inbound, Status::RelayRefused).await;
         return;
@@ -570,8 +645,11 @@ async fn relay(handle: &Handle, mut inbound: Compat<libp2p::Stream>, header: Cir
     }
     let (ir, iw) = tokio::io::split(inbound);
     let (or, ow) = tokio::io::split(out);
-    let relayed = &handle.stats.bytes_relayed;
-    if let Err(e) = tokio::try_join!(copy_counted(ir, ow, relayed), copy_counted(or, iw, relayed)) {
+    let tap = tap();
+    if let Err(e) = tokio::try_join!(
+        relay_copy(handle, &from, ir, ow, tap.as_deref()),
+        relay_copy(handle, &from, or, iw, tap.as_deref())
+    ) {
         tracing::debug!(error = %e, "relayed circuit ended with an error");
     }
 }
