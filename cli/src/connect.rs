@@ -95,8 +95,17 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     let record = resolve(&handle, &opts.target, opts.wait).await?;
     tokio::spawn(async move {
         while let Some(n) = notices.recv().await {
-            if let Notice::HolePunched { peer } = n {
-                println!("hole punched: direct connection to {}", peer.short());
+            match n {
+                Notice::HolePunched { peer } => {
+                    println!("hole punched: direct connection to {}", peer.short());
+                }
+                Notice::LanPeer { peer, addr } => {
+                    println!(
+                        "found {} on the local network (mDNS) at {addr}",
+                        peer.short()
+                    );
+                }
+                _ => {}
             }
         }
     });

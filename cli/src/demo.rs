@@ -186,6 +186,7 @@ async fn node(
         },
         service,
         relay_rate: None,
+        mdns: false,
     })
     .await?;
     p2p::tunnel::spawn_acceptors(&h, port)?;

@@ -55,6 +55,11 @@ struct Cli {
     /// dial hosts on its own network.
     #[arg(long, global = true)]
     allow_private_addrs: bool,
+    /// Do not look for beam peers on the local network (mDNS), nor answer their queries. On by
+    /// default: on a LAN, nodes find each other with no --bootstrap (add --allow-private-addrs
+    /// so LAN addresses are published too).
+    #[arg(long, global = true)]
+    no_mdns: bool,
     #[command(flatten)]
     serve: ServeArgs,
     #[command(subcommand)]
@@ -294,6 +299,7 @@ fn run(cli: Cli) -> Result<()> {
                     name: cli.serve.name.clone(),
                 }),
                 relay_rate: p.relay_rate()?,
+                mdns: !cli.no_mdns,
             };
             if let Some(name) = &cli.serve.name
                 && !beam_node::record::valid_name(name)
@@ -323,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
                 policy,
                 service: None,
                 relay_rate: p.relay_rate()?,
+                mdns: !cli.no_mdns,
             };
             let opts = serve::Options {
                 state_dir: dir,
@@ -342,10 +349,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Connect(args)) => {
             let target: beam_node::app::ServiceRef = args.target.parse()?;
-            if args.p2p.bootstrap.is_empty() {
+            if args.p2p.bootstrap.is_empty() && cli.no_mdns {
                 bail!(
                     "beam connect needs a peer to join through: add --bootstrap MULTIADDR (an \
-                     address `beam <PORT>` or `beam node` printed; there is no central server)"
+                     address `beam <PORT>` or `beam node` printed; there is no central server), \
+                     or drop --no-mdns to find peers on the local network"
                 );
             }
             let dir = state::dir(cli.state_dir)?;
@@ -358,6 +366,7 @@ fn run(cli: Cli) -> Result<()> {
                 policy,
                 service: None,
                 relay_rate: args.p2p.relay_rate()?,
+                mdns: !cli.no_mdns,
             };
             runtime()?.block_on(connect::run(
                 config,

@@ -133,6 +133,9 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
                          and beam reaches you through relays"
                     ),
                     Notice::Reserved { relay } => println!("reserved on relay {}", relay.short()),
+                    Notice::LanPeer { peer, addr } => {
+                        println!("found {} on the local network (mDNS) at {addr}", peer.short());
+                    }
                     Notice::HolePunched { peer } => {
                         println!("hole punched: direct connection to {}", peer.short());
                     }

@@ -10,6 +10,7 @@
 //! - [`TempDir`] — a state directory per node, removed when dropped.
 //! - [`tornet`] — a private Tor network on loopback (Debian's `tor`), torn down when dropped.
 
+pub mod netns;
 pub mod tornet;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -98,6 +99,16 @@ impl Beam {
         Self::spawn(wrapper, label, args, &[])
     }
 
+    /// Starts `beam ARGS` with `wrapper` in front and extra environment variables.
+    pub fn start_in_env(
+        wrapper: &[&str],
+        label: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::spawn(wrapper, label, args, env)
+    }
+
     /// Starts `beam ARGS` on this host with extra environment variables.
     pub fn start_env(label: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::spawn(&[], label, args, env)
@@ -113,16 +124,20 @@ impl Beam {
             }
             None => Command::new(&bin),
         };
-        cmd.args(args)
-            .arg("--allow-private-addrs")
-            .env(
-                "RUST_LOG",
-                std::env::var("BEAM_TEST_LOG").unwrap_or("warn".into()),
-            )
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).arg("--allow-private-addrs");
+        // Tests on one host would find each other's nodes by mDNS (multicast loops back):
+        // only a test that asks for it (BEAM_TEST_MDNS in `env`) keeps mDNS on.
+        if !env.iter().any(|(k, _)| *k == "BEAM_TEST_MDNS") {
+            cmd.arg("--no-mdns");
+        }
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("BEAM_TEST_LOG").unwrap_or("warn".into()),
+        )
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn beam");
         let (tx, lines) = channel();
         let seen = Arc::new(Mutex::new(vec![]));

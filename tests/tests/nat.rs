@@ -12,49 +12,13 @@
 //! Needs root, `ip` and `nft`. In CI (`CI=true`) their absence fails the test; elsewhere it is
 //! skipped with a message.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use beam_e2e::netns::{have_privileges, helper, helper_output, json_field, script, sh};
 use beam_e2e::{Beam, TempDir, body_of, sha256};
 
 const T: Duration = Duration::from_secs(60);
-
-fn have_privileges() -> bool {
-    let ok = |c: &str, a: &[&str]| {
-        Command::new(c)
-            .args(a)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let ok = root && ok("ip", &["netns", "list"]) && ok("nft", &["--version"]);
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the NAT test needs root, `ip` (iproute2) and `nft` (nftables); .ci/run installs them"
-        );
-        eprintln!("SKIPPED: the NAT test needs root, `ip` and `nft` (it runs in CI)");
-    }
-    ok
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run a command");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The namespaces and links; removed when dropped.
 struct Topology {
@@ -199,59 +163,9 @@ impl Drop for Topology {
     }
 }
 
-/// A helper process (python) in a namespace, killed when dropped.
-struct Helper(Child);
-
-impl Drop for Helper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/netns.py")
-        .display()
-        .to_string()
-}
-
-fn helper(t: &Topology, ns: &str, args: &[&str]) -> Helper {
-    let ex = t.exec(ns);
-    Helper(
-        Command::new(&ex[0])
-            .args(&ex[1..])
-            .arg("python3")
-            .arg(script())
-            .args(args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn python3"),
-    )
-}
-
-fn helper_output(t: &Topology, ns: &str, args: &[&str]) -> String {
-    let ex = t.exec(ns);
-    let out = Command::new(&ex[0])
-        .args(&ex[1..])
-        .arg("python3")
-        .arg(script())
-        .args(args)
-        .output()
-        .expect("run python3");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let i = json.find(&format!("\"{key}\": "))? + key.len() + 4;
-    let rest = &json[i..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim_matches('"'))
-}
-
 #[test]
 fn a_service_behind_a_nat_is_reached_from_behind_another_through_a_relay() {
-    if !have_privileges() {
+    if !have_privileges("NAT") {
         return;
     }
     let t = Topology::build();
@@ -259,8 +173,8 @@ fn a_service_behind_a_nat_is_reached_from_behind_another_through_a_relay() {
     let body = body_of(8 << 20, 11);
     std::fs::write(www.0.join("body.bin"), &body).expect("write body");
     let want = sha256(&body);
-    let _http = helper(&t, "h1", &["serve", www.path(), "8080"]);
-    let _echo = helper(&t, "h1", &["echo-server", "7007"]);
+    let _http = helper(&t.ns("h1"), &["serve", www.path(), "8080"]);
+    let _echo = helper(&t.ns("h1"), &["echo-server", "7007"]);
 
     let ex = |ns: &str| t.exec(ns);
     let p = ex("p");
@@ -420,7 +334,7 @@ fn a_service_behind_a_nat_is_reached_from_behind_another_through_a_relay() {
     );
     client.wait_for("listening on 127.0.0.1:9000", T);
     let until_fetch = t0.elapsed();
-    let first = helper_output(&t, "h2", &["fetch", "9000", "/body.bin", "60"]);
+    let first = helper_output(&t.ns("h2"), &["fetch", "9000", "/body.bin", "60"]);
     let ttfb_ms: f64 = json_field(&first, "first_byte_ms")
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
@@ -442,7 +356,7 @@ fn a_service_behind_a_nat_is_reached_from_behind_another_through_a_relay() {
     );
     // Later connections: after DCUtR they go direct, if the punch worked.
     std::thread::sleep(Duration::from_secs(2));
-    let second = helper_output(&t, "h2", &["fetch", "9000", "/body.bin", "60"]);
+    let second = helper_output(&t.ns("h2"), &["fetch", "9000", "/body.bin", "60"]);
     assert_eq!(
         json_field(&second, "sha256"),
         Some(want.as_str()),

@@ -50,7 +50,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, autonat, dcutr, identify, noise, ping, relay, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, autonat, dcutr, identify, mdns, noise, ping, relay, tcp,
+    yamux,
 };
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
@@ -108,6 +109,8 @@ pub struct Config {
     /// Bandwidth cap per previous-hop peer on the circuits this node relays, bytes per second
     /// (`None`: no cap).
     pub relay_rate: Option<u64>,
+    /// Find peers on the local network with mDNS, and answer others' queries.
+    pub mdns: bool,
 }
 
 /// A service this node publishes.
@@ -152,6 +155,13 @@ pub enum Notice {
     HolePunched {
         /// The peer.
         peer: beam_node::PeerId,
+    },
+    /// A beam peer on the local network, found by mDNS (it is joined like a bootstrap peer).
+    LanPeer {
+        /// The peer.
+        peer: beam_node::PeerId,
+        /// Where it was found.
+        addr: Multiaddr,
     },
     /// Listening, but on no address others may dial (loopback or private only, and private
     /// addresses are not allowed): nothing is published until one appears.
@@ -358,6 +368,8 @@ struct Behaviour {
     relay_client: relay::client::Behaviour,
     /// Hole punching over a relayed connection.
     dcutr: dcutr::Behaviour,
+    /// Peers on the local network (unless `--no-mdns`).
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 /// Relay v2 settings for beam relays: a tunnel lives longer than relay v2's default 2 minutes
@@ -381,6 +393,14 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
     let mut secret = config.keypair.secret();
     let key = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
         .context("the identity key is not a valid ed25519 key")?;
+    let lan = if config.mdns {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())
+                .context("cannot start mDNS (find peers on the local network); try --no-mdns")?,
+        )
+    } else {
+        None
+    };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -419,6 +439,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
             ),
             relay_client,
             dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
+            mdns: Toggle::from(lan),
         })
         .context("cannot set up the libp2p behaviours")?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -476,6 +497,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
                 id,
                 connected: false,
                 next_try: now,
+                lan: false,
             }
         })
         .collect();
@@ -522,7 +544,12 @@ struct BootstrapPeer {
     id: Option<libp2p::PeerId>,
     connected: bool,
     next_try: Instant,
+    /// Found by mDNS (forgotten when its record expires), not given with `--bootstrap`.
+    lan: bool,
 }
+
+/// LAN peers (found by mDNS) kept as bootstrap peers at most.
+const MAX_LAN_PEERS: usize = 64;
 
 struct Driver {
     node: Node,
@@ -844,6 +871,16 @@ impl Driver {
                     }
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                self.on_lan_peers(now, found);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                self.bootstrap.retain(|b| {
+                    !(b.lan
+                        && !b.connected
+                        && gone.iter().any(|(p, a)| b.id == Some(*p) && b.addr == *a))
+                });
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
@@ -890,6 +927,46 @@ impl Driver {
                 self.flush_pending(peer_id);
             }
             _ => {}
+        }
+    }
+
+    /// Peers mDNS found on the local network are joined like bootstrap peers: dialled, and
+    /// given to the DHT once connected.
+    fn on_lan_peers(&mut self, now: Instant, found: Vec<(libp2p::PeerId, Multiaddr)>) {
+        let me = *self.swarm.local_peer_id();
+        for (pid, addr) in found {
+            let known = self
+                .bootstrap
+                .iter()
+                .any(|b| b.id == Some(pid) && b.addr == addr);
+            let lan = self.bootstrap.iter().filter(|b| b.lan).count();
+            if pid == me || known || lan >= MAX_LAN_PEERS {
+                continue;
+            }
+            if !self.bootstrap.iter().any(|b| b.id == Some(pid))
+                && let Some(peer) = from_libp2p(&pid)
+            {
+                let _ = self.notices.send(Notice::LanPeer {
+                    peer,
+                    addr: addr.clone(),
+                });
+            }
+            let connected = self.swarm.is_connected(&pid);
+            self.bootstrap.push(BootstrapPeer {
+                addr,
+                id: Some(pid),
+                connected: false,
+                next_try: now,
+                lan: true,
+            });
+            if connected {
+                // Already connected (it dialled us): hand it to the DHT now.
+                let remote = self.bootstrap[self.bootstrap.len() - 1].addr.clone();
+                self.on_bootstrap_connected(now, pid, &remote);
+            }
+        }
+        if self.listening {
+            self.dial_bootstrap(now);
         }
     }
 
@@ -1261,6 +1338,7 @@ mod tests {
             },
             service,
             relay_rate: None,
+            mdns: false,
         })
         .await
         .expect("start");
