@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -135,7 +134,32 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     let fallback = opts.tor.clone().map(Fallback::new);
     let record = Arc::new(tokio::sync::RwLock::new(record));
     let target = Arc::new(opts.target.clone());
-    let seq = Arc::new(AtomicU64::new(0));
+    serve_local(listener, move |tcp, n| {
+        let (handle, record) = (handle.clone(), record.clone());
+        let (strategy, target, fallback) = (opts.strategy, target.clone(), fallback.clone());
+        async move {
+            forward(
+                &handle,
+                &record,
+                &target,
+                strategy,
+                fallback.as_ref(),
+                tcp,
+                n,
+            )
+            .await;
+        }
+    })
+    .await
+}
+
+/// Accepts local connections until Ctrl-C; each gets its number (from 1) and its own task.
+async fn serve_local<F, Fut>(listener: TcpListener, serve: F) -> Result<()>
+where
+    F: Fn(TcpStream, u64) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut seq = 0u64;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -154,12 +178,8 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let (handle, record, seq) = (handle.clone(), record.clone(), seq.clone());
-                let (strategy, target, fallback) = (opts.strategy, target.clone(), fallback.clone());
-                tokio::spawn(async move {
-                    let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
-                    forward(&handle, &record, &target, strategy, fallback.as_ref(), tcp, n).await;
-                });
+                seq += 1;
+                tokio::spawn(serve(tcp, seq));
             }
         }
     }
@@ -374,47 +394,27 @@ pub async fn run_onion(
         started.elapsed().as_secs_f64()
     );
     println!("listening on {local} → {onion}:{onion_port} (over Tor)");
-    let seq = Arc::new(AtomicU64::new(0));
     let onion = Arc::new(onion);
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut ctrl_c => {
-                eprintln!("stopping");
-                return Ok(());
-            }
-            accepted = listener.accept() => {
-                let (tcp, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("warning: accept failed: {e}");
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let (client, onion, seq) = (client.clone(), onion.clone(), seq.clone());
-                tokio::spawn(async move {
-                    let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
-                    let t = Instant::now();
-                    match tor::connect(&client, &onion, onion_port).await {
-                        Ok(stream) => {
-                            println!(
-                                "connection {n}: over Tor, setup {:.1} ms",
-                                t.elapsed().as_secs_f64() * 1e3
-                            );
-                            tor::splice(stream, tcp).await;
-                        }
-                        Err(e) => {
-                            eprintln!("connection {n}: {e:#}");
-                            let _ = tcp.set_zero_linger();
-                        }
-                    }
-                });
+    serve_local(listener, move |tcp, n| {
+        let (client, onion) = (client.clone(), onion.clone());
+        async move {
+            let t = Instant::now();
+            match tor::connect(&client, &onion, onion_port).await {
+                Ok(stream) => {
+                    println!(
+                        "connection {n}: over Tor, setup {:.1} ms",
+                        t.elapsed().as_secs_f64() * 1e3
+                    );
+                    tor::splice(stream, tcp).await;
+                }
+                Err(e) => {
+                    eprintln!("connection {n}: {e:#}");
+                    let _ = tcp.set_zero_linger();
+                }
             }
         }
-    }
+    })
+    .await
 }
 
 /// `beam connect X.onion` without Tor compiled in.

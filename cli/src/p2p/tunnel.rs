@@ -350,8 +350,8 @@ pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_non
             let (tr, tw) = tcp.split();
             let (sr, sw) = tokio::io::split(s);
             tokio::try_join!(
-                copy_counted(tr, sw, &stats.bytes_out),
-                copy_counted(sr, tw, &stats.bytes_in)
+                copy_counted(tr, sw, &stats.bytes_out, None),
+                copy_counted(sr, tw, &stats.bytes_in, None)
             )
             .map(|_| ())
         }
@@ -366,8 +366,14 @@ pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_non
     }
 }
 
-/// Copies `r` to `w` until `r` ends, then half-closes `w`; counts the bytes as they pass.
-async fn copy_counted<R, W>(mut r: R, mut w: W, counter: &AtomicU64) -> io::Result<()>
+/// Copies `r` to `w` until `r` ends, then half-closes `w`; counts the bytes as they pass, and
+/// for a relayed circuit charges them to the previous hop and writes them to the tap.
+async fn copy_counted<R, W>(
+    mut r: R,
+    mut w: W,
+    counter: &AtomicU64,
+    relayed: Option<Relayed<'_>>,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -381,7 +387,24 @@ where
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(relayed) = &relayed {
+            if let Some(tap) = relayed.tap {
+                use std::io::Write as _;
+                let _ = tap
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write_all(&buf[..n]);
+            }
+            relayed.limiter.charge(relayed.from, n).await;
+        }
     }
+}
+
+/// What a relay does besides copying.
+struct Relayed<'a> {
+    limiter: &'a super::limit::RelayLimiter,
+    from: &'a libp2p::PeerId,
+    tap: Option<&'a std::sync::Mutex<std::fs::File>>,
 }
 
 async fn pump_sealed(
@@ -567,42 +590,6 @@ fn tap() -> Option<Arc<std::sync::Mutex<std::fs::File>>> {
     .clone()
 }
 
-/// One direction of a relayed circuit: copies `r` to `w` until `r` ends, then half-closes `w`;
-/// counts the bytes, charges them to `from` (the per-peer cap), and writes them to the tap.
-async fn relay_copy<R, W>(
-    handle: &Handle,
-    from: &libp2p::PeerId,
-    mut r: R,
-    mut w: W,
-    tap: Option<&std::sync::Mutex<std::fs::File>>,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return w.shutdown().await;
-        }
-        w.write_all(&buf[..n]).await?;
-        w.flush().await?;
-        if let Some(tap) = tap {
-            use std::io::Write as _;
-            let _ = tap
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .write_all(&buf[..n]);
-        }
-        handle
-            .stats
-            .bytes_relayed
-            .fetch_add(n as u64, Ordering::Relaxed);
-        handle.limiter.charge(from, n).await;
-    }
-}
-
 async fn relay(
     handle: &Handle,
     from: libp2p::PeerId,
@@ -646,9 +633,17 @@ async fn relay(
     let (ir, iw) = tokio::io::split(inbound);
     let (or, ow) = tokio::io::split(out);
     let tap = tap();
+    let relayed = || {
+        Some(Relayed {
+            limiter: &handle.limiter,
+            from: &from,
+            tap: tap.as_deref(),
+        })
+    };
+    let counter = &handle.stats.bytes_relayed;
     if let Err(e) = tokio::try_join!(
-        relay_copy(handle, &from, ir, ow, tap.as_deref()),
-        relay_copy(handle, &from, or, iw, tap.as_deref())
+        copy_counted(ir, ow, counter, relayed()),
+        copy_counted(or, iw, counter, relayed())
     ) {
         tracing::debug!(error = %e, "relayed circuit ended with an error");
     }
