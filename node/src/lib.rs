@@ -44,6 +44,7 @@ pub mod id;
 pub mod node;
 pub mod record;
 pub mod routing;
+pub mod wakeup;
 pub mod wire;
 
 #[cfg(test)]

@@ -24,7 +24,9 @@
 //!   Commands come first (they are the caller's intent), then the network, then timers.
 //! - **Time** is `tokio::time::Instant::now().into_std()` ([`now`]): under the simulator's
 //!   paused runtime it is simulated time, under a normal runtime it is wall-clock time.
-//! - **One timer**, reset only when `poll_timeout` changes, not re-created every iteration.
+//! - **One timer**, reset only when `poll_timeout` changes, not re-created every iteration;
+//!   when to reset it, and the stale-deadline guard, are `beam_node::wakeup::Wakeup`, which
+//!   the libp2p driver in `cli` uses too.
 //! - **One receive buffer per thread.** The loop polls the socket with a thread-local 64 KiB
 //!   buffer and hands the datagram to the protocol inside that poll, so 10,000 simulated
 //!   hosts share one buffer instead of holding 10,000 (640 MiB).
@@ -48,8 +50,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use beam_node::wakeup::Wakeup;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 /// Size of the driver's receive buffer: the largest UDP datagram fits.
@@ -221,29 +224,15 @@ where
     let mut stats = DriveStats::default();
     let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
-    // The deadline `timer` is set to, if it is armed.
-    let mut armed: Option<Instant> = None;
-    // When the last timeout fired, to catch deadlines that do not move forward.
-    let mut last_fired: Option<Instant> = None;
+    let mut wakeup = Wakeup::new();
 
     // The protocol may have queued work before it was handed over (e.g. bootstrap pings).
     flush(&socket, &mut proto, &events, &mut stats).await;
     loop {
-        let mut deadline = proto.poll_timeout();
-        if let (Some(d), Some(fired)) = (deadline, last_fired)
-            && d <= fired
-        {
-            stats.stale_timeouts += 1;
-            tracing::debug!("poll_timeout did not move past the timeout just handled");
-            deadline = Some(fired + Duration::from_millis(1));
+        if let Some(d) = wakeup.next(proto.poll_timeout()) {
+            timer.as_mut().reset(tokio::time::Instant::from_std(d));
         }
-        if deadline != armed {
-            if let Some(d) = deadline {
-                timer.as_mut().reset(tokio::time::Instant::from_std(d));
-            }
-            armed = deadline;
-        }
-        last_fired = None;
+        stats.stale_timeouts = wakeup.stale;
 
         tokio::select! {
             biased;
@@ -260,13 +249,11 @@ where
                     tracing::debug!(error = %e, "recv_from failed");
                 }
             }
-            () = &mut timer, if armed.is_some() => {
+            () = &mut timer, if wakeup.armed() => {
                 stats.timeouts += 1;
                 let t = now();
                 proto.handle_timeout(t);
-                last_fired = Some(t);
-                // The timer has elapsed: re-arm it even if the deadline looks unchanged.
-                armed = None;
+                wakeup.fired(t);
             }
         }
         flush(&socket, &mut proto, &events, &mut stats).await;

@@ -43,6 +43,7 @@ use beam_node::app::{ResolveError, ResolveId, ServiceRef};
 use beam_node::dht::{self, Publish, QueryId};
 use beam_node::record::{Participation, RecordError, ServiceRecord};
 use beam_node::routing::Strategy;
+use beam_node::wakeup::Wakeup;
 use beam_node::wire::{self, Contact, Message};
 use beam_node::{Addr, Event, Keypair, Node, NodeConfig};
 use futures::StreamExt;
@@ -209,6 +210,9 @@ pub struct Stats {
     pub circuits_open: AtomicUsize,
     /// Bytes relayed for others (both directions).
     pub bytes_relayed: AtomicU64,
+    /// Core deadlines that did not move past the timeout just handled (deferred; see
+    /// `beam_node::wakeup`).
+    pub stale_timeouts: AtomicU64,
 }
 
 /// A snapshot of the node for `beam status` and the status line.
@@ -598,12 +602,18 @@ impl Driver {
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer, reset only when the core's deadline changes; the stale-deadline guard is
+        // the simulator driver's too (beam_node::wakeup).
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut wakeup = Wakeup::new();
         loop {
-            let deadline = self
-                .node
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+            if let Some(d) = wakeup.next(self.node.poll_timeout()) {
+                timer.as_mut().reset(tokio::time::Instant::from_std(d));
+            }
+            self.stats
+                .stale_timeouts
+                .store(wakeup.stale, Ordering::Relaxed);
             tokio::select! {
                 biased;
                 cmd = cmds.recv() => match cmd {
@@ -613,7 +623,11 @@ impl Driver {
                 Some((peer, bytes)) = inbound.recv() => self.on_frame(peer, bytes),
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
                 _ = tick.tick() => self.housekeeping(),
-                _ = sleep => self.node.handle_timeout(Instant::now()),
+                () = &mut timer, if wakeup.armed() => {
+                    let t = Instant::now();
+                    self.node.handle_timeout(t);
+                    wakeup.fired(t);
+                }
             }
             self.drain();
         }
