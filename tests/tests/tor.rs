@@ -75,26 +75,6 @@ fn beam_output(args: &[&str]) -> (bool, String) {
     )
 }
 
-fn is_root_with_nft() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let nft = Command::new("nft")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !(root && nft) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the Tor fallback test needs root and `nft` (nftables); .ci/run installs it"
-        );
-        eprintln!("SKIPPED: the Tor fallback step needs root and nft (it runs in CI)");
-    }
-    root && nft
-}
-
 /// New TCP connections to 127.0.0.1:`port` are refused while this lives (an nftables table of
 /// its own, deleted when dropped).
 struct Refuse {
@@ -337,7 +317,7 @@ fn onion_service_on_a_private_tor_network() {
     std::thread::sleep(Duration::from_secs(2));
 
     // 4. No P2P route: beam connect NAME falls back to Tor.
-    if !is_root_with_nft() {
+    if !beam_e2e::netns::have_privileges("Tor fallback") {
         return;
     }
     let _refuse = Refuse::port(p2p_port);
