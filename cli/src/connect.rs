@@ -91,6 +91,7 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     let (handle, mut notices) = p2p::start(config).await?;
     p2p::tunnel::spawn_acceptors(&handle, None)?;
     wait_joined(&mut notices, opts.wait).await?;
+    tracing::debug!(ms = started.elapsed().as_millis(), "joined");
     let record = resolve(&handle, &opts.target, opts.wait).await?;
     tokio::spawn(async move {
         while let Some(n) = notices.recv().await {

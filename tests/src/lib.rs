@@ -33,9 +33,10 @@ pub fn beam_bin() -> PathBuf {
             .expect("tests/ is inside the workspace")
             .to_path_buf();
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            // The whole workspace, as `.ci/run` does: dependencies then get the features they
-            // have under `cargo test --workspace`, so this build reuses that one's.
-            .args(["build", "--workspace", "--locked"])
+            // The whole workspace with every target, as `.ci/run` does: dependencies then get
+            // the features they have under `cargo test --workspace` (dev-dependencies such as
+            // proptest add some), so this build reuses that one's.
+            .args(["build", "--workspace", "--all-targets", "--locked"])
             .current_dir(&root)
             .status()
             .expect("run cargo build -p beam");

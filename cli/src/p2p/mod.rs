@@ -75,6 +75,12 @@ pub const PROTO_CIRCUIT: StreamProtocol = StreamProtocol::new("/beam/circuit/1")
 const IDENTIFY_VERSION: &str = "/beam/1";
 /// A writer with nothing to send for this long closes its streams and ends.
 pub const WRITER_IDLE: Duration = Duration::from_secs(30);
+/// Tries of one control message before it is given up (each on a new stream).
+const WRITE_ATTEMPTS: u32 = 3;
+/// The pause before a control message's second try (twice that before the third).
+const WRITE_RETRY_PAUSE: Duration = Duration::from_millis(5);
+/// How long a writer waits for a new stream's acknowledgement before it writes again.
+const STREAM_ACK_WAIT: Duration = Duration::from_secs(2);
 /// A control stream with nothing to read for this long is closed.
 const READER_IDLE: Duration = Duration::from_secs(90);
 /// Messages queued per peer before more are dropped.
@@ -671,6 +677,7 @@ impl Driver {
             self.stats.dropped_out.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        tracing::trace!(peer = %pid, %proto, connected = self.swarm.is_connected(&pid), "send");
         if !self.swarm.is_connected(&pid) {
             // Held here until the connection is up: a stream opened before it would race the
             // dial and fail.
@@ -740,6 +747,7 @@ impl Driver {
     }
 
     fn on_frame(&mut self, pid: libp2p::PeerId, bytes: Vec<u8>) {
+        tracing::trace!(peer = %pid, len = bytes.len(), "frame in");
         let Some(peer) = from_libp2p(&pid) else {
             self.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
             return;
@@ -803,8 +811,12 @@ impl Driver {
                 self.listen.remove(&address);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
+                tracing::debug!(peer = %peer_id, ?connection_id, ?endpoint, "connection established");
                 if let Some(ip) = addr::ip_of(endpoint.get_remote_address()) {
                     self.remote_ip.insert(peer_id, ip);
                 }
@@ -818,9 +830,15 @@ impl Driver {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
+                cause,
                 ..
             } => {
+                tracing::debug!(peer = %peer_id, ?connection_id, ?cause, "connection closed");
+                if num_established > 0 {
+                    return;
+                }
                 self.flush_pending(peer_id);
                 self.remote_ip.remove(&peer_id);
             }
@@ -938,6 +956,7 @@ impl Driver {
                 if let Some(a) = usable.into_iter().next() {
                     self.known_addr.insert(peer_id, a);
                 }
+                tracing::debug!(peer = %peer_id, "identified");
                 self.flush_pending(peer_id);
             }
             _ => {}
@@ -1048,6 +1067,7 @@ impl Driver {
             .map(|(p, _)| *p)
             .collect();
         for p in stale {
+            tracing::debug!(peer = %p, "frames handled with no identify");
             self.flush_pending(p);
         }
         if now.saturating_duration_since(self.last_wall_clock) >= Duration::from_secs(60) {
@@ -1270,8 +1290,13 @@ async fn accept_control(
         };
         let (to_loop, stats) = (to_loop.clone(), stats.clone());
         tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
             let _permit = permit;
             let mut s = stream.compat();
+            // Taken: the writer may forget what it wrote on this stream (see `writer`).
+            if s.write_all(&[STREAM_ACCEPTED]).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
             loop {
                 match tokio::time::timeout(READER_IDLE, frame::read(&mut s, wire::MAX_MESSAGE_SIZE))
                     .await
@@ -1293,45 +1318,179 @@ async fn accept_control(
     }
 }
 
+/// The byte a reader writes back when it takes a control stream: the writer then knows the
+/// stream was not dropped on arrival.
+const STREAM_ACCEPTED: u8 = 1;
+
 /// Sends the core's messages to one peer: opens a stream per protocol when first needed,
 /// writes frames in order, and ends after [`WRITER_IDLE`] with nothing to send or when the peer
 /// cannot be reached.
+///
+/// A new stream can be dropped on arrival: libp2p-stream hands inbound streams to the reader
+/// through a channel of one, and drops a stream that finds it full — which happens when several
+/// peers' first messages arrive together (a node joining, a busy bootstrap peer). The message
+/// would be lost and its request wait out the DHT timeout (1 s, on about a third of cold
+/// `beam connect`s on loopback). So the reader acknowledges each stream it takes with one byte
+/// ([`STREAM_ACCEPTED`]); the writer keeps what it wrote on a stream until that byte arrives —
+/// without waiting for it — and writes it again on a new stream when the stream fails first (up
+/// to [`WRITE_ATTEMPTS`] streams). A message delivered twice is harmless: the core matches
+/// answers by request id and ignores repeats.
 async fn writer(
     mut control: libp2p_stream::Control,
     peer: libp2p::PeerId,
     mut rx: mpsc::Receiver<(StreamProtocol, Vec<u8>)>,
 ) {
-    use tokio::io::AsyncWriteExt;
-    let mut streams: HashMap<StreamProtocol, tokio_util::compat::Compat<libp2p::Stream>> =
-        HashMap::new();
-    while let Ok(Some((proto, bytes))) = tokio::time::timeout(WRITER_IDLE, rx.recv()).await {
-        if !streams.contains_key(&proto) {
-            match tokio::time::timeout(
+    let mut out: HashMap<StreamProtocol, Outbound> = HashMap::new();
+    let (acks_tx, mut acks) = mpsc::unbounded_channel::<(StreamProtocol, u64, bool)>();
+    let mut generation = 0u64;
+    loop {
+        tokio::select! {
+            next = tokio::time::timeout(WRITER_IDLE, rx.recv()) => {
+                let Ok(Some((proto, bytes))) = next else { break };
+                let retry = match out.get_mut(&proto) {
+                    Some(o) => o.write(bytes).await,
+                    None => Some((vec![bytes], 0)),
+                };
+                if let Some((unconfirmed, attempts)) = retry {
+                    out.remove(&proto);
+                    match Outbound::open(&mut control, peer, &proto, &acks_tx, &mut generation, unconfirmed, attempts).await {
+                        Ok(o) => { out.insert(proto, o); }
+                        Err(()) => return,
+                    }
+                }
+            }
+            Some((proto, generation_acked, accepted)) = acks.recv() => {
+                let Some(o) = out.get_mut(&proto) else { continue };
+                if o.generation != generation_acked {
+                    continue; // an older stream's
+                }
+                if accepted {
+                    o.unconfirmed = None;
+                    continue;
+                }
+                let Some(o) = out.remove(&proto) else { continue };
+                let unconfirmed = o.unconfirmed.unwrap_or_default();
+                tracing::debug!(%peer, %proto, messages = unconfirmed.len(), "a control stream was dropped: writing again");
+                match Outbound::open(&mut control, peer, &proto, &acks_tx, &mut generation, unconfirmed, o.attempts).await {
+                    Ok(o) => { out.insert(proto, o); }
+                    Err(()) => return,
+                }
+            }
+        }
+    }
+    for (_, mut o) in out {
+        use tokio::io::AsyncWriteExt;
+        let _ = o.w.shutdown().await;
+    }
+}
+
+/// Most messages kept for a second try while a stream is unacknowledged.
+const MAX_UNCONFIRMED: usize = 64;
+
+/// One protocol's stream to a peer, as [`writer`] holds it.
+struct Outbound {
+    w: tokio::io::WriteHalf<tokio_util::compat::Compat<libp2p::Stream>>,
+    generation: u64,
+    /// What was written since the stream opened, until the reader acknowledges it (`None` then).
+    unconfirmed: Option<Vec<Vec<u8>>>,
+    /// Streams opened for these messages so far.
+    attempts: u32,
+}
+
+impl Outbound {
+    /// Opens a stream, starts waiting for its acknowledgement, and writes `messages` on it
+    /// (opening another when that fails, up to [`WRITE_ATTEMPTS`] in all). `Err` when the peer
+    /// cannot be reached: the writer ends.
+    async fn open(
+        control: &mut libp2p_stream::Control,
+        peer: libp2p::PeerId,
+        proto: &StreamProtocol,
+        acks: &mpsc::UnboundedSender<(StreamProtocol, u64, bool)>,
+        generation: &mut u64,
+        mut messages: Vec<Vec<u8>>,
+        mut attempts: u32,
+    ) -> Result<Outbound, ()> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            attempts += 1;
+            if attempts > WRITE_ATTEMPTS {
+                tracing::debug!(%peer, %proto, messages = messages.len(), "control streams keep failing: messages lost");
+                return Err(());
+            }
+            let stream = match tokio::time::timeout(
                 Duration::from_secs(10),
                 control.open_stream(peer, proto.clone()),
             )
             .await
             {
-                Ok(Ok(s)) => {
-                    streams.insert(proto.clone(), s.compat());
-                }
+                Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "cannot open a control stream");
-                    return;
+                    tracing::debug!(%peer, error = %e, "cannot open a control stream");
+                    return Err(());
                 }
-                Err(_) => return,
+                Err(_) => return Err(()),
+            };
+            *generation += 1;
+            let (mut r, w) = tokio::io::split(stream.compat());
+            let (acks, proto_acked, generation_acked) = (acks.clone(), proto.clone(), *generation);
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                let accepted = matches!(
+                    tokio::time::timeout(STREAM_ACK_WAIT, r.read_exact(&mut b)).await,
+                    Ok(Ok(_)) if b[0] == STREAM_ACCEPTED
+                );
+                let _ = acks.send((proto_acked, generation_acked, accepted));
+            });
+            let mut o = Outbound {
+                w,
+                generation: *generation,
+                unconfirmed: Some(Vec::new()),
+                attempts,
+            };
+            let mut failed = None;
+            for (i, m) in messages.iter().enumerate() {
+                if !o.write_one(m).await {
+                    failed = Some(i);
+                    break;
+                }
+            }
+            match failed {
+                None => {
+                    o.unconfirmed = Some(messages);
+                    return Ok(o);
+                }
+                Some(_) => {
+                    // The stream failed at once (reset on arrival): all of them again.
+                    tracing::debug!(%peer, %proto, "a control stream failed: writing again");
+                    tokio::time::sleep(WRITE_RETRY_PAUSE * attempts).await;
+                    messages.truncate(MAX_UNCONFIRMED);
+                }
             }
         }
-        let Some(s) = streams.get_mut(&proto) else {
-            continue;
-        };
-        let ok = frame::write(s, &bytes).await.is_ok() && s.flush().await.is_ok();
-        if !ok {
-            streams.remove(&proto);
-        }
     }
-    for (_, mut s) in streams {
-        let _ = s.shutdown().await;
+
+    async fn write_one(&mut self, bytes: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        frame::write(&mut self.w, bytes).await.is_ok() && self.w.flush().await.is_ok()
+    }
+
+    /// Writes one message; `Some((unconfirmed, attempts))` when the stream failed and the
+    /// messages must go on a new one.
+    async fn write(&mut self, bytes: Vec<u8>) -> Option<(Vec<Vec<u8>>, u32)> {
+        if self.write_one(&bytes).await {
+            if let Some(u) = &mut self.unconfirmed
+                && u.len() < MAX_UNCONFIRMED
+            {
+                u.push(bytes);
+            }
+            return None;
+        }
+        let mut again = self.unconfirmed.take().unwrap_or_default();
+        again.push(bytes);
+        // A stream that was acknowledged and then failed: its connection went away; the
+        // message goes on a new stream (a new connection, if there is one) from a fresh count.
+        let attempts = if again.len() == 1 { 0 } else { self.attempts };
+        Some((again, attempts))
     }
 }
 

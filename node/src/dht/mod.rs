@@ -691,6 +691,7 @@ impl Dht {
                 continue;
             };
             self.stats.requests_timed_out += 1;
+            tracing::debug!(peer = %p.peer.short(), "DHT request timed out");
             self.table.on_failure(&p.peer, self.config.max_failures);
             if let Purpose::Query(q) = p.purpose {
                 self.on_query_failure(now, q, p.peer);
