@@ -125,6 +125,14 @@ pub enum E2eError {
         /// Longest valid length.
         max: usize,
     },
+    /// The caller's buffer cannot hold the frame or the plaintext.
+    #[error("end-to-end buffer of {have} bytes is too small: {need} needed")]
+    BufferTooSmall {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes given.
+        have: usize,
+    },
     /// The Noise handshake failed at `step`: a wrong service key (stale record?), a message
     /// altered in transit, or a peer speaking another protocol version.
     #[error(
@@ -599,28 +607,51 @@ impl Session {
         self.seal(plaintext, MAX_CHUNK)
     }
 
+    /// Encrypts up to [`MAX_CHUNK`] bytes into `out`, which must hold at least
+    /// `plaintext.len() + FRAME_OVERHEAD` bytes; returns the frame's length. For a driver that
+    /// reuses one buffer for every frame of a stream (no allocation, no second copy).
+    pub fn encrypt_chunk_to(
+        &mut self,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, E2eError> {
+        self.seal_to(plaintext, MAX_CHUNK, out)
+    }
+
     fn seal(&mut self, plaintext: &[u8], max: usize) -> Result<Vec<u8>, E2eError> {
+        let mut frame = vec![0; FRAME_OVERHEAD + plaintext.len()];
+        let len = self.seal_to(plaintext, max, &mut frame)?;
+        frame.truncate(len);
+        Ok(frame)
+    }
+
+    fn seal_to(&mut self, plaintext: &[u8], max: usize, out: &mut [u8]) -> Result<usize, E2eError> {
         if plaintext.len() > max {
             return Err(E2eError::PlaintextTooLarge {
                 len: plaintext.len(),
                 max,
             });
         }
+        let need = FRAME_OVERHEAD + plaintext.len();
+        let Some(frame) = out.get_mut(..need) else {
+            return Err(E2eError::BufferTooSmall {
+                need,
+                have: out.len(),
+            });
+        };
         // u64::MAX is reserved by Noise (it keys `rekey`).
         let nonce = self.next_nonce;
         if nonce == u64::MAX {
             return Err(E2eError::NonceExhausted);
         }
-        let mut frame = vec![0; FRAME_OVERHEAD + plaintext.len()];
         let (head, body) = frame.split_at_mut(NONCE_LEN);
         head.copy_from_slice(&nonce.to_be_bytes());
         let len = self
             .transport
             .write_message(nonce, plaintext, body)
             .map_err(|source| E2eError::Encrypt { source })?;
-        frame.truncate(NONCE_LEN + len);
         self.next_nonce += 1;
-        Ok(frame)
+        Ok(NONCE_LEN + len)
     }
 
     /// Decrypts one frame from the peer. Refuses frames that are malformed, do not
@@ -635,9 +666,30 @@ impl Session {
         self.open(frame, MAX_CHUNK_FRAME)
     }
 
+    /// Decrypts one frame of up to [`MAX_CHUNK_FRAME`] bytes into `out`, which must hold at
+    /// least `frame.len() - FRAME_OVERHEAD` bytes; returns the plaintext's length. Refuses what
+    /// [`Session::decrypt_chunk`] refuses.
+    pub fn decrypt_chunk_to(&mut self, frame: &[u8], out: &mut [u8]) -> Result<usize, E2eError> {
+        self.open_to(frame, MAX_CHUNK_FRAME, out)
+    }
+
     fn open(&mut self, frame: &[u8], max: usize) -> Result<Vec<u8>, E2eError> {
+        let mut plaintext = vec![0; frame.len().saturating_sub(FRAME_OVERHEAD)];
+        let len = self.open_to(frame, max, &mut plaintext)?;
+        plaintext.truncate(len);
+        Ok(plaintext)
+    }
+
+    fn open_to(&mut self, frame: &[u8], max: usize, out: &mut [u8]) -> Result<usize, E2eError> {
         check_len("frame", frame.len(), FRAME_OVERHEAD, max)?;
         let (head, body) = frame.split_at(NONCE_LEN);
+        let need = body.len() - TAG_LEN;
+        let Some(out) = out.get_mut(..need) else {
+            return Err(E2eError::BufferTooSmall {
+                need,
+                have: out.len(),
+            });
+        };
         let mut nonce_bytes = [0; NONCE_LEN];
         nonce_bytes.copy_from_slice(head);
         let nonce = u64::from_be_bytes(nonce_bytes);
@@ -645,14 +697,12 @@ impl Session {
             return Err(E2eError::Decrypt { nonce });
         }
         self.window.check(nonce)?;
-        let mut plaintext = vec![0; body.len()];
         let len = self
             .transport
-            .read_message(nonce, body, &mut plaintext)
+            .read_message(nonce, body, out)
             .map_err(|_| E2eError::Decrypt { nonce })?;
-        plaintext.truncate(len);
         self.window.accept(nonce);
-        Ok(plaintext)
+        Ok(len)
     }
 }
 
@@ -765,6 +815,38 @@ mod tests {
     fn pair() -> (Session, Session) {
         let (c, s, _) = handshake(7, b"", &mut Wire::default());
         (c, s)
+    }
+
+    #[test]
+    fn frames_sealed_into_a_buffer_are_the_allocated_ones_and_small_buffers_are_refused() {
+        let (mut a, mut b) = pair();
+        let (mut a2, mut b2) = pair();
+        let plain = vec![0x42u8; 1000];
+        let mut out = vec![0u8; MAX_CHUNK_FRAME];
+        let len = a.encrypt_chunk_to(&plain, &mut out).expect("seal");
+        let frame = a2.encrypt_chunk(&plain).expect("seal");
+        assert_eq!(&out[..len], &frame[..], "same session state, same frame");
+        let mut back = vec![0u8; MAX_CHUNK];
+        let n = b.decrypt_chunk_to(&out[..len], &mut back).expect("open");
+        assert_eq!(&back[..n], &plain[..]);
+        assert_eq!(b2.decrypt_chunk(&frame).expect("open"), plain);
+        // Too small a buffer either way: refused, and the session goes on.
+        let mut tiny = [0u8; 16];
+        assert!(matches!(
+            a.encrypt_chunk_to(&plain, &mut tiny),
+            Err(E2eError::BufferTooSmall { .. })
+        ));
+        let len = a
+            .encrypt_chunk_to(&plain, &mut out)
+            .expect("seal after a refusal");
+        assert!(matches!(
+            b.decrypt_chunk_to(&out[..len], &mut tiny),
+            Err(E2eError::BufferTooSmall { .. })
+        ));
+        let n = b
+            .decrypt_chunk_to(&out[..len], &mut back)
+            .expect("open after a refusal");
+        assert_eq!(&back[..n], &plain[..]);
     }
 
     #[test]

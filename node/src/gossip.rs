@@ -204,6 +204,7 @@ pub enum GossipMessage {
         /// What it is about.
         topic: Topic,
         /// Opaque to gossip; at most [`MAX_PAYLOAD`] bytes.
+        #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
     /// "I have these messages" (lazy announce); at most [`MAX_IDS`].

@@ -78,7 +78,8 @@ pub enum RouteMessage {
         /// The hops behind the sender, nearest the client first (the client itself first);
         /// each relay appends the peer it received the frame from.
         behind: Vec<Contact>,
-        /// The payload.
+        /// The payload (encoded as bytes: the same encoding as a sequence of u8, in one copy).
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// From the service back to the client.
@@ -87,7 +88,8 @@ pub enum RouteMessage {
         route: u64,
         /// The hops still ahead after the receiver; empty at the client.
         ahead: Vec<Contact>,
-        /// The payload.
+        /// The payload (encoded as bytes: the same encoding as a sequence of u8, in one copy).
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
 }
@@ -348,6 +350,36 @@ mod tests {
                 },
             }),
         ]
+    }
+
+    /// Route data is encoded as bytes (one copy) rather than element by element; postcard
+    /// writes both the same way, so frames from before the change still decode.
+    #[test]
+    fn route_data_as_bytes_is_the_old_encoding() {
+        #[derive(Serialize)]
+        enum OldRoute {
+            Backward {
+                route: u64,
+                ahead: Vec<Contact>,
+                data: Vec<u8>,
+            },
+        }
+        let data: Vec<u8> = (0..=255).collect();
+        let new = postcard::to_stdvec(&RouteMessage::Backward {
+            route: 7,
+            ahead: vec![],
+            data: data.clone(),
+        })
+        .expect("encodes");
+        let mut old = postcard::to_stdvec(&OldRoute::Backward {
+            route: 7,
+            ahead: vec![],
+            data,
+        })
+        .expect("encodes");
+        // The variant index: Backward is the second variant of RouteMessage, the first here.
+        old[0] = 1;
+        assert_eq!(new, old);
     }
 
     #[test]

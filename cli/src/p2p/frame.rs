@@ -21,6 +21,29 @@ pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream between frames.
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let Some(len) = read_len(r, max).await? else {
+        return Ok(None);
+    };
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(Some(buf))
+}
+
+/// Reads one frame into `buf` (whose length is the limit); its length, or `None` at a clean end
+/// of stream between frames. For a stream of frames through one reused buffer.
+pub async fn read_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    let Some(len) = read_len(r, buf.len()).await? else {
+        return Ok(None);
+    };
+    r.read_exact(&mut buf[..len]).await?;
+    Ok(Some(len))
+}
+
+/// Reads a frame's length prefix and checks it against `max`.
+async fn read_len<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Option<usize>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -41,9 +64,7 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> io::Result<Opt
             format!("frame of {len} bytes is over the limit of {max}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
-    Ok(Some(buf))
+    Ok(Some(len))
 }
 
 #[cfg(test)]
@@ -74,5 +95,17 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(64);
         drop(a);
         assert_eq!(read(&mut b, 64).await.expect("read"), None);
+    }
+
+    #[tokio::test]
+    async fn frames_read_into_one_buffer_and_oversized_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write(&mut a, b"hello").await.expect("write");
+        write(&mut a, &[7u8; 9]).await.expect("write");
+        drop(a);
+        let mut buf = [0u8; 8];
+        assert_eq!(read_into(&mut b, &mut buf).await.expect("read"), Some(5));
+        assert_eq!(&buf[..5], b"hello");
+        assert!(read_into(&mut b, &mut buf).await.is_err(), "9 bytes into 8");
     }
 }

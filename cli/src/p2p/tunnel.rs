@@ -319,8 +319,8 @@ async fn read_handshake<R: AsyncRead + Unpin>(s: &mut R) -> Result<Vec<u8>, Open
         })
 }
 
-/// Decrypts a sealed frame that must carry nonce `expected`.
-fn open_in_order(session: &mut Session, frame: &[u8], expected: u64) -> io::Result<Vec<u8>> {
+/// Refuses a sealed frame that does not carry nonce `expected`.
+fn check_order(frame: &[u8], expected: u64) -> io::Result<()> {
     let nonce = frame
         .get(..8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -331,6 +331,12 @@ fn open_in_order(session: &mut Session, frame: &[u8], expected: u64) -> io::Resu
             "a sealed frame arrived out of order: the route altered the data",
         ));
     }
+    Ok(())
+}
+
+/// Decrypts a sealed frame that must carry nonce `expected`.
+fn open_in_order(session: &mut Session, frame: &[u8], expected: u64) -> io::Result<Vec<u8>> {
+    check_order(frame, expected)?;
     session
         .decrypt_chunk(frame)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
@@ -367,7 +373,9 @@ pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_non
 }
 
 /// Copies `r` to `w` until `r` ends, then half-closes `w`; counts the bytes as they pass, and
-/// for a relayed circuit charges them to the previous hop and writes them to the tap.
+/// for a relayed circuit charges them to the previous hop and writes them to the tap. Flushes
+/// only when `r` has nothing more to give right now, so a fast sender's data goes out in large
+/// writes rather than one flush per read.
 async fn copy_counted<R, W>(
     mut r: R,
     mut w: W,
@@ -378,14 +386,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; COPY_BUF];
     loop {
-        let n = r.read(&mut buf).await?;
+        let n = read_flushing(&mut r, &mut w, &mut buf).await?;
         if n == 0 {
             return w.shutdown().await;
         }
         w.write_all(&buf[..n]).await?;
-        w.flush().await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(relayed) = &relayed {
             if let Some(tap) = relayed.tap {
@@ -398,6 +405,24 @@ where
             relayed.limiter.charge(relayed.from, n).await;
         }
     }
+}
+
+/// Bytes a tunnel or relay copies per read.
+const COPY_BUF: usize = 256 * 1024;
+
+/// Reads from `r` into `buf`; when `r` has nothing ready, flushes `w` first (what was written
+/// so far goes out while this waits).
+async fn read_flushing<R, W>(r: &mut R, w: &mut W, buf: &mut [u8]) -> io::Result<usize>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    use futures::FutureExt as _;
+    if let Some(ready) = r.read(buf).now_or_never() {
+        return ready;
+    }
+    w.flush().await?;
+    r.read(buf).await
 }
 
 /// What a relay does besides copying.
@@ -417,20 +442,21 @@ async fn pump_sealed(
     let session = Arc::new(Mutex::new(session));
     let (mut tr, mut tw) = tcp.split();
     let (mut sr, mut sw) = tokio::io::split(s);
-    let seal = |plain: &[u8]| -> io::Result<Vec<u8>> {
-        session
-            .lock()
-            .map_err(|_| io::Error::other("session lock poisoned"))?
-            .encrypt_chunk(plain)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
-    };
+    let sealing =
+        |e: beam_node::e2e::E2eError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
     let up = async {
-        let mut buf = vec![0u8; MAX_CHUNK];
+        // One buffer for every frame: [length: u32][nonce | ciphertext | tag], written at once.
+        let mut plain = vec![0u8; MAX_CHUNK];
+        let mut out = vec![0u8; 4 + MAX_CHUNK_FRAME];
         loop {
-            let n = tr.read(&mut buf).await?;
-            let sealed = seal(&buf[..n])?;
-            frame::write(&mut sw, &sealed).await?;
-            sw.flush().await?;
+            let n = read_flushing(&mut tr, &mut sw, &mut plain).await?;
+            let len = session
+                .lock()
+                .map_err(|_| io::Error::other("session lock poisoned"))?
+                .encrypt_chunk_to(&plain[..n], &mut out[4..])
+                .map_err(sealing)?;
+            out[..4].copy_from_slice(&(len as u32).to_be_bytes());
+            sw.write_all(&out[..4 + len]).await?;
             stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
             if n == 0 {
                 // The sealed empty frame says "end of data"; then half-close.
@@ -440,28 +466,29 @@ async fn pump_sealed(
         }
     };
     let down = async {
+        let mut sealed = vec![0u8; MAX_CHUNK_FRAME];
+        let mut plain = vec![0u8; MAX_CHUNK];
         loop {
-            let Some(f) = frame::read(&mut sr, MAX_CHUNK_FRAME).await? else {
+            let Some(len) = frame::read_into(&mut sr, &mut sealed).await? else {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the route closed before the end of the data: truncated",
                 ));
             };
-            let plain = {
-                let mut guard = session
-                    .lock()
-                    .map_err(|_| io::Error::other("session lock poisoned"))?;
-                open_in_order(&mut guard, &f, expected)?
-            };
+            let f = &sealed[..len];
+            check_order(f, expected)?;
+            let n = session
+                .lock()
+                .map_err(|_| io::Error::other("session lock poisoned"))?
+                .decrypt_chunk_to(f, &mut plain)
+                .map_err(sealing)?;
             expected += 1;
-            if plain.is_empty() {
+            if n == 0 {
                 tw.shutdown().await?;
                 return Ok(());
             }
-            tw.write_all(&plain).await?;
-            stats
-                .bytes_in
-                .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            tw.write_all(&plain[..n]).await?;
+            stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
     tokio::try_join!(up, down).map(|_| ())
