@@ -186,7 +186,7 @@ async fn fetch(port: u16, path: &str) -> Result<u64> {
 }
 
 async fn get(port: u16, bytes: u64, streams: u64) -> Result<()> {
-    if streams == 0 || bytes % streams != 0 {
+    if streams == 0 || !bytes.is_multiple_of(streams) {
         bail!("--bytes must be a multiple of --streams (≥ 1)");
     }
     let each = bytes / streams;

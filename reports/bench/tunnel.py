@@ -108,12 +108,14 @@ def oha(port, extra):
     return json.loads(out)
 
 
-def measure(name, port, pids):
-    """Every figure of one case whose local entry point is `port`; `pids` are the processes
-    the traffic goes through (none for the straight case)."""
+def measure(name, port, named):
+    """Every figure of one case whose local entry point is `port`; `named` maps a role to the
+    pid of each process the traffic may go through (none for the straight case)."""
+    pids = list(named.values())
     row = {"case": name}
+    idle = {role: mem_kib(pid, "VmRSS") / 1024 for role, pid in named.items()}
     if pids:
-        row["idle_rss_mib"] = round(max(mem_kib(p, "VmRSS") for p in pids) / 1024, 1)
+        row["idle_rss_mib"] = round(max(idle.values()), 1)
     cpu0 = cpu_seconds(pids)
     log(f"  {name}: {BYTES >> 20} MiB, one stream")
     one = json.loads(subprocess.run([BENCH, "get", "--port", str(port), "--bytes", str(BYTES),
@@ -138,6 +140,9 @@ def measure(name, port, pids):
     row["max_rps"] = round(rps["summary"]["requestsPerSec"])
     if pids:
         row["peak_rss_mib"] = round(max(mem_kib(p, "VmHWM") for p in pids) / 1024, 1)
+        row["memory"] = "; ".join(
+            f"{role} {idle[role]:.1f} idle / {mem_kib(pid, 'VmHWM') / 1024:.1f} peak"
+            for role, pid in named.items())
     return row
 
 
@@ -174,11 +179,12 @@ def beam_case(name, strategy, origin):
     route = wait_for(os.path.join(work, f"{tag}-client.log"), r"^route ")
     log(f"  {name}: {route}; cold first byte {fb['cold_ms']:.1f} ms, warm {fb['warm_ms']:.2f} ms")
     client_pid = fb["pid"]
-    pids = [boot.pid, *(r.pid for r in relays), svc.pid, client_pid]
+    named = {"client": client_pid, "service": svc.pid, "bootstrap": boot.pid,
+             "relay 1": relays[0].pid, "relay 2": relays[1].pid}
     # The service and client idle: what `beam <PORT>` costs doing nothing.
     time.sleep(2)
     svc_idle = mem_kib(svc.pid, "VmRSS") / 1024
-    row = measure(name, port, pids)
+    row = measure(name, port, named)
     row["service_idle_rss_mib"] = round(svc_idle, 1)
     row["cold_first_byte_ms"] = round(fb["cold_ms"], 1)
     row["warm_first_byte_ms"] = round(fb["warm_ms"], 2)
@@ -197,7 +203,7 @@ def bore_case(origin):
     client, c_log = start("bore-local", [BORE, "local", str(origin), "--local-host", "127.0.0.1",
                                          "--to", "127.0.0.1", "--port", str(remote)])
     wait_for(c_log, "listening at")
-    row = measure("bore", remote, [server.pid, client.pid])
+    row = measure("bore", remote, {"bore server": server.pid, "bore local": client.pid})
     stop([client, server])
     return row
 
@@ -220,7 +226,7 @@ def main():
     rows = []
     try:
         log("(a) straight to the origin")
-        rows.append(measure("raw TCP", origin, []))
+        rows.append(measure("raw TCP", origin, {}))
         log("(b) bore")
         rows.append(bore_case(origin))
         for name, strategy in [("beam direct", "direct"), ("beam 1 relay", "geographic"),
@@ -251,8 +257,11 @@ def report(rows):
     for r in rows:
         if "route" in r:
             print(f"{r['case']}: route {r['route']}")
+    for r in rows:
+        if "memory" in r:
+            print(f"{r['case']}, resident MiB: {r['memory']}")
     if CSV:
-        keys = [k for k, _ in COLUMNS] + ["idle_rss_mib", "ok_share", "route"]
+        keys = [k for k, _ in COLUMNS] + ["idle_rss_mib", "ok_share", "route", "memory"]
         with open(CSV, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             w.writeheader()
@@ -267,6 +276,9 @@ def report(rows):
         ("max req/s ≥ bore's", d["max_rps"] / bore["max_rps"], 1.0),
     ]
     print()
+    for r in rows:
+        if r["ok_share"] < 1:
+            print(f"FAIL  {r['case']}: only {r['ok_share'] * 100:.2f} % of the latency run's requests succeeded")
     for what, ratio, target in checks:
         print(f"{'met ' if ratio >= target else 'MISS'}  {what}: {ratio:.2f}×")
     added = d["p50_ms"] - raw["p50_ms"]

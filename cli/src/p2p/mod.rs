@@ -1293,10 +1293,10 @@ async fn accept_control(
             use tokio::io::AsyncWriteExt;
             let _permit = permit;
             let mut s = stream.compat();
-            // Taken: the writer may forget what it wrote on this stream (see `writer`).
-            if s.write_all(&[STREAM_ACCEPTED]).await.is_err() || s.flush().await.is_err() {
-                return;
-            }
+            // Taken: the writer may forget what it wrote on this stream (see `writer`). A peer
+            // that stopped reading misses the byte; what it sent is read all the same.
+            let _ = s.write_all(&[STREAM_ACCEPTED]).await;
+            let _ = s.flush().await;
             loop {
                 match tokio::time::timeout(READER_IDLE, frame::read(&mut s, wire::MAX_MESSAGE_SIZE))
                     .await
@@ -1500,18 +1500,9 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     async fn node(bootstrap: Vec<Multiaddr>, service: Option<ServiceSpec>) -> (Handle, Multiaddr) {
-        let keypair = Keypair::generate(&mut rand::rngs::StdRng::from_os_rng());
         let (h, mut n) = start(Config {
-            keypair,
-            participation: Participation::Routing,
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
-            bootstrap,
-            policy: AddrPolicy {
-                allow_private: true,
-            },
             service,
-            relay_rate: None,
-            mdns: false,
+            ..config(bootstrap)
         })
         .await
         .expect("start");
@@ -1526,6 +1517,21 @@ mod tests {
         tokio::spawn(async move { while n.recv().await.is_some() {} });
         let id = h.status().await.expect("status").libp2p_id;
         (h, format!("{addr}/p2p/{id}").parse().expect("addr"))
+    }
+
+    fn config(bootstrap: Vec<Multiaddr>) -> Config {
+        Config {
+            keypair: Keypair::generate(&mut rand::rngs::StdRng::from_os_rng()),
+            participation: Participation::Routing,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+            bootstrap,
+            policy: AddrPolicy {
+                allow_private: true,
+            },
+            service: None,
+            relay_rate: None,
+            mdns: false,
+        }
     }
 
     async fn raw_frame(attacker: &Handle, victim: &Handle, bytes: &[u8]) {
