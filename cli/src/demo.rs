@@ -61,6 +61,7 @@ pub async fn run(json: bool) -> Result<()> {
     let spec = p2p::ServiceSpec {
         port: web,
         name: Some("demo".into()),
+        seq_file: None,
     };
     let (service, mut service_n) =
         node(Participation::Light, vec![boot_addr.clone()], Some(spec)).await?;

@@ -297,6 +297,7 @@ fn run(cli: Cli) -> Result<()> {
                 service: Some(p2p::ServiceSpec {
                     port,
                     name: cli.serve.name.clone(),
+                    seq_file: Some(dir.join("record-seq")),
                 }),
                 relay_rate: p.relay_rate()?,
                 mdns: !cli.no_mdns,

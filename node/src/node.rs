@@ -284,6 +284,12 @@ impl Node {
         &self.config
     }
 
+    /// Every record published from now on gets a seq above `floor` (a restarted owner hands in
+    /// the [`Dht::last_seq`] of its previous run; see [`Dht::set_seq_floor`]).
+    pub fn set_seq_floor(&mut self, floor: u64) {
+        self.dht.set_seq_floor(floor);
+    }
+
     /// The DHT (read-only: routing table, store, counters, size estimate).
     pub fn dht(&self) -> &Dht {
         &self.dht
@@ -947,5 +953,79 @@ impl Node {
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+#[cfg(test)]
+mod seq_floor_tests {
+    use super::*;
+
+    #[allow(clippy::disallowed_methods)] // a test needs a start instant; the node takes it as input
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn record(kp: &Keypair) -> ServiceRecord {
+        ServiceRecord {
+            peer: kp.peer_id(),
+            seq: 0,
+            expires: 0,
+            tor_address: None,
+            endpoints: vec![Addr::new("/ip4/127.0.0.1/tcp/9")],
+            relays: vec![],
+            reachable: true,
+            coordinates: None,
+            participation: Participation::Routing,
+            noise_key: None,
+        }
+    }
+
+    /// A service restarted within the second of its last publish: seqs follow the wall clock in
+    /// seconds, so without the floor its new record would carry the seq holders already have.
+    #[test]
+    fn a_restarted_owner_publishes_above_its_last_seq() {
+        let kp = Keypair::from_secret([8; 32]);
+        let (now, unix) = (t0(), 1_000_000);
+        let mut first = Node::new(
+            NodeConfig::new(Participation::Routing),
+            kp.clone(),
+            1,
+            now,
+            unix,
+        );
+        first
+            .publish(now, Publish::Service(record(&kp)))
+            .expect("publish");
+        first
+            .publish(now, Publish::Service(record(&kp)))
+            .expect("republish");
+        let last = first.dht().last_seq();
+        assert_eq!(last, unix + 1, "wall-clock seconds, then +1");
+        let mut again = Node::new(
+            NodeConfig::new(Participation::Routing),
+            kp.clone(),
+            2,
+            now,
+            unix,
+        );
+        again.set_seq_floor(last);
+        again
+            .publish(now, Publish::Service(record(&kp)))
+            .expect("publish");
+        assert_eq!(again.dht().last_seq(), last + 1);
+        let mut unfloored = Node::new(
+            NodeConfig::new(Participation::Routing),
+            kp.clone(),
+            3,
+            now,
+            unix,
+        );
+        unfloored
+            .publish(now, Publish::Service(record(&kp)))
+            .expect("publish");
+        assert!(
+            unfloored.dht().last_seq() <= last,
+            "what the floor prevents"
+        );
     }
 }

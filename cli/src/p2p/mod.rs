@@ -127,6 +127,9 @@ pub struct ServiceSpec {
     pub port: u16,
     /// The name to claim, if any.
     pub name: Option<String>,
+    /// Where the highest seq published so far is kept across restarts (in the state
+    /// directory), so a quickly restarted service's records are newer than its last ones.
+    pub seq_file: Option<std::path::PathBuf>,
 }
 
 /// What the loop tells the user interface.
@@ -488,6 +491,15 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
     );
     // Handshake keys from the OS RNG: only the simulator may seed them.
     node.set_handshake_entropy(Box::new(os_rng));
+    if let Some(path) = config.service.as_ref().and_then(|s| s.seq_file.as_ref()) {
+        // Missing or unreadable: no floor (the wall clock alone, as on a first start).
+        if let Some(seq) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            node.set_seq_floor(seq);
+        }
+    }
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (notice_tx, notice_rx) = mpsc::unbounded_channel();
     let handle = Handle {
@@ -1122,14 +1134,15 @@ impl Driver {
             Err(e) => tracing::warn!(error = %e, "cannot publish the service record"),
         }
         self.reserve_on_relays();
-        if first && let Some(name) = spec.name {
+        if first && let Some(name) = &spec.name {
             match self.node.publish(now, Publish::Name(name.clone())) {
                 Ok(q) => {
-                    self.publishing.insert(q, PublishedWhat::Name(name));
+                    self.publishing.insert(q, PublishedWhat::Name(name.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot publish the name"),
             }
         }
+        self.save_seq(&spec);
     }
 
     /// Behind a NAT: keeps a relay v2 reservation on each relay the core put in the service
@@ -1154,6 +1167,15 @@ impl Driver {
                 tracing::warn!(error = %e, "cannot reserve on a relay");
                 self.reserving.remove(&pid);
             }
+        }
+    }
+
+    /// Keeps the highest seq published so far in the service's seq file.
+    fn save_seq(&self, spec: &ServiceSpec) {
+        if let Some(path) = &spec.seq_file
+            && let Err(e) = std::fs::write(path, format!("{}\n", self.node.dht().last_seq()))
+        {
+            tracing::warn!(error = %e, file = %path.display(), "cannot keep the record seq");
         }
     }
 
@@ -1604,6 +1626,7 @@ mod tests {
             Some(ServiceSpec {
                 port: 9,
                 name: Some("after-attack".into()),
+                seq_file: None,
             }),
         )
         .await;

@@ -327,6 +327,8 @@ pub struct Dht {
     deadlines: BTreeSet<(Instant, u64)>,
     queries: BTreeMap<QueryId, Query>,
     owned: BTreeMap<Key, Owned>,
+    /// Every record this node publishes gets a higher seq than this (see [`Dht::set_seq_floor`]).
+    seq_floor: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     next_refresh: Option<Instant>,
@@ -377,6 +379,7 @@ impl Dht {
             deadlines: BTreeSet::new(),
             queries: BTreeMap::new(),
             owned: BTreeMap::new(),
+            seq_floor: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             next_refresh: None,
@@ -538,7 +541,10 @@ impl Dht {
             Publish::Service(_) => self.local.key(),
             Publish::Name(n) => Key::of_name(n),
         };
-        let prev_seq = self.owned.get(&key).map_or(0, |o| o.seq);
+        let prev_seq = self
+            .owned
+            .get(&key)
+            .map_or(self.seq_floor, |o| o.seq.max(self.seq_floor));
         let seq = (prev_seq + 1).max(self.unix_time(now));
         let record = self.sign_owned(&what, seq, now);
         let id = self.put_record(now, record)?;
@@ -557,6 +563,24 @@ impl Dht {
     /// the peer can reach this node).
     pub fn ping(&mut self, now: Instant, contact: Contact) {
         self.send_request(now, contact, Request::Ping, Purpose::Ping);
+    }
+
+    /// Makes every record published from now on carry a seq above `floor`. Seqs follow the wall
+    /// clock in seconds, so an owner restarted within the second(s) of its last publish would
+    /// otherwise publish a seq the holders already have, and be refused: a driver that keeps
+    /// [`Dht::last_seq`] across restarts hands it back here.
+    pub fn set_seq_floor(&mut self, floor: u64) {
+        self.seq_floor = self.seq_floor.max(floor);
+    }
+
+    /// The highest seq this node has published (0 before the first publish).
+    pub fn last_seq(&self) -> u64 {
+        self.owned
+            .values()
+            .map(|o| o.seq)
+            .max()
+            .unwrap_or(0)
+            .max(self.seq_floor)
     }
 
     /// Stops republishing the record under `key`; holders drop it when it expires.
