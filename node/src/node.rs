@@ -986,13 +986,16 @@ mod seq_floor_tests {
     fn a_restarted_owner_publishes_above_its_last_seq() {
         let kp = Keypair::from_secret([8; 32]);
         let (now, unix) = (t0(), 1_000_000);
-        let mut first = Node::new(
-            NodeConfig::new(Participation::Routing),
-            kp.clone(),
-            1,
-            now,
-            unix,
-        );
+        let node = |seed| {
+            Node::new(
+                NodeConfig::new(Participation::Routing),
+                kp.clone(),
+                seed,
+                now,
+                unix,
+            )
+        };
+        let mut first = node(1);
         first
             .publish(now, Publish::Service(record(&kp)))
             .expect("publish");
@@ -1001,25 +1004,13 @@ mod seq_floor_tests {
             .expect("republish");
         let last = first.dht().last_seq();
         assert_eq!(last, unix + 1, "wall-clock seconds, then +1");
-        let mut again = Node::new(
-            NodeConfig::new(Participation::Routing),
-            kp.clone(),
-            2,
-            now,
-            unix,
-        );
+        let mut again = node(2);
         again.set_seq_floor(last);
         again
             .publish(now, Publish::Service(record(&kp)))
             .expect("publish");
         assert_eq!(again.dht().last_seq(), last + 1);
-        let mut unfloored = Node::new(
-            NodeConfig::new(Participation::Routing),
-            kp.clone(),
-            3,
-            now,
-            unix,
-        );
+        let mut unfloored = node(3);
         unfloored
             .publish(now, Publish::Service(record(&kp)))
             .expect("publish");
