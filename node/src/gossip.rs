@@ -28,7 +28,9 @@
 //!   `seen_ttl` is refused ([`GossipError::AlreadyPublished`]): put a sequence number or a
 //!   timestamp in the payload.
 //! - Gossip does not authenticate `origin` or read payloads: they are opaque bytes whose
-//!   signature (for example a signed service record) the receiver checks. `hops` is what the
+//!   signature (for example a signed service record) the receiver checks, before gossip
+//!   forwards them when it hands gossip the message with
+//!   [`Gossip::handle_message_validated`]. `hops` is what the
 //!   senders claim and is only informative.
 //! - A mesh peer that fails `max_iwant_failures` IWants in a row (any publish from it resets
 //!   the count; announcing without delivering does not) leaves the mesh and is not grafted again for `unresponsive_backoff`; a
@@ -300,6 +302,8 @@ pub struct GossipStats {
     pub duplicates: u64,
     /// Dropped: publishes whose id does not match their content.
     pub bad_ids: u64,
+    /// Dropped: new messages the application's validation refused.
+    pub refused: u64,
     /// Dropped: messages over a bound ([`GossipMessage::check_bounds`]).
     pub out_of_bounds: u64,
     /// Dropped: messages claiming to come from the local peer.
@@ -559,6 +563,20 @@ impl Gossip {
 
     /// Feeds a message from `from`. Unchecked input is fine: it is bounds-checked here too.
     pub fn handle_message(&mut self, now: Instant, from: PeerId, msg: GossipMessage) {
+        self.handle_message_validated(now, from, msg, |_, _, _| true);
+    }
+
+    /// [`handle_message`](Gossip::handle_message), with the application's check of every new,
+    /// authentic message (`validate(origin, topic, payload)`) before it is delivered or
+    /// forwarded — gossipsub's message validation. A message it refuses is not forwarded,
+    /// not delivered, and remembered as seen, so announcements of it are not fetched again.
+    pub fn handle_message_validated(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        msg: GossipMessage,
+        validate: impl FnMut(&PeerId, Topic, &[u8]) -> bool,
+    ) {
         self.start_clock(now);
         if from == self.local {
             self.stats.from_self += 1;
@@ -577,7 +595,7 @@ impl Gossip {
                 hops,
                 topic,
                 payload,
-            } => self.on_publish(now, from, id, origin, hops, topic, payload),
+            } => self.on_publish(now, from, id, origin, hops, topic, payload, validate),
             GossipMessage::IHave { ids } => self.on_ihave(now, from, ids),
             GossipMessage::IWant { ids } => self.on_iwant(now, from, ids),
             GossipMessage::Graft => self.on_graft(now, from),
@@ -629,6 +647,7 @@ impl Gossip {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn on_publish(
         &mut self,
         now: Instant,
@@ -638,6 +657,7 @@ impl Gossip {
         hops: u8,
         topic: Topic,
         payload: Vec<u8>,
+        mut validate: impl FnMut(&PeerId, Topic, &[u8]) -> bool,
     ) {
         let bucket = self.peers.get_mut(&from).unwrap_or(&mut self.strangers);
         let (rate, burst) = (self.config.publish_rate, self.config.publish_burst);
@@ -660,6 +680,10 @@ impl Gossip {
         }
         self.mark_seen(now, id);
         self.pending.remove(&id);
+        if !validate(&origin, topic, &payload) {
+            self.stats.refused += 1;
+            return;
+        }
         let mut cached = Cached {
             origin,
             hops,

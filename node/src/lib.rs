@@ -40,6 +40,7 @@ pub mod coords;
 pub mod dht;
 pub mod e2e;
 pub mod gossip;
+pub mod health;
 pub mod id;
 pub mod node;
 pub mod record;

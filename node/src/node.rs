@@ -142,6 +142,11 @@ pub struct NodeStats {
     pub malformed_in: u64,
     /// Messages of a kind this node does not handle.
     pub unhandled_in: u64,
+    /// Valid health announcements not counted (unknown origin, replayed).
+    pub health_refused: u64,
+    /// Gossiped messages refused before gossip took them (bad signature, not drawn by the
+    /// health lottery, stale, invalid record).
+    pub gossip_refused: u64,
 }
 
 /// The protocol core of one peer.
@@ -178,8 +183,10 @@ pub struct Node {
     next_keepalive: Option<Instant>,
     /// The service record published behind a NAT, to republish when a relay is lost.
     nat_service: Option<ServiceRecord>,
-    /// Relays that failed a relay check: never listed again.
-    bad_relays: std::collections::BTreeSet<PeerId>,
+    /// Relays that failed relay checks: (strikes, not listed again before). Each failure
+    /// doubles the time out, each passed check takes a strike back: loss alone does not shut
+    /// an honest relay out for good, and a relay that keeps dropping stays out.
+    bad_relays: BTreeMap<PeerId, (u32, Instant)>,
     /// The time of the latest input (for work that follows an event).
     last_now: Option<Instant>,
     created: Instant,
@@ -189,9 +196,15 @@ pub struct Node {
     gossip_addrs: BTreeMap<PeerId, Addr>,
     next_gossip_sync: Option<Instant>,
     next_health: Option<Instant>,
-    health_seq: u64,
     /// Network-size estimates other peers announced: origin → (estimate, when).
-    peer_estimates: BTreeMap<PeerId, (f64, Instant)>,
+    /// The minute of this node's latest health announcement.
+    health_minute: Option<u64>,
+    /// The latest minute whose health announcement of each origin this node forwarded.
+    health_forwarded: BTreeMap<PeerId, u64>,
+    /// New health announcements this node may still forward: (tokens, as of).
+    health_budget: Option<(f64, Instant)>,
+    /// Announced estimates: origin → (estimate, when received, its minute).
+    peer_estimates: BTreeMap<PeerId, (f64, Instant, u64)>,
     /// Service records announced by gossip (checked), newest per service.
     announced: BTreeMap<PeerId, Record>,
     resolver: Resolver,
@@ -200,27 +213,30 @@ pub struct Node {
     stats: NodeStats,
 }
 
+/// Peers asked to run each relay check (it passes if any of them confirms).
+const CHECK_HELPERS: usize = 2;
+/// A relay that fails a check is not listed for this long after its first strike, twice as
+/// long after each further one...
+const RELAY_TIME_OUT: Duration = Duration::from_secs(300);
+/// ...up to this.
+const RELAY_TIME_OUT_MAX: Duration = Duration::from_secs(4 * 3600);
 /// Most peers whose coordinates are remembered.
 const MAX_POSITIONS: usize = 4096;
-/// How often a node announces its view of the network's health by gossip.
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(60);
-/// Health announcements the whole network makes per minute (on average).
-const HEALTH_PER_MINUTE: f64 = 12.0;
+/// How often a node asks the health lottery whether it announces this minute (it announces
+/// at most once a minute; see [`crate::health`]).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
 /// How often the gossip peer set is refreshed from the routing table.
 const GOSSIP_SYNC: Duration = Duration::from_secs(10);
+/// A node forwards at most this many times the network's rate of new health announcements.
+const HEALTH_FORWARD_BUDGET: f64 = 2.0;
+/// Announced estimates more than this factor away from the node's own are not used.
+const ESTIMATE_BAND: f64 = 2.0;
 /// Announced estimates older than this are not used.
 const ESTIMATE_MAX_AGE: Duration = Duration::from_secs(300);
 /// Most announced estimates and service records kept.
 const MAX_ANNOUNCED: usize = 1024;
 
-/// What a node announces in a health message.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Health {
-    /// Its own estimate of the number of DHT servers online.
-    pub size_estimate: f32,
-    /// Increases with every announcement (gossip drops identical payloads as duplicates).
-    pub seq: u64,
-}
+pub use crate::health::Health;
 
 impl Node {
     /// A node with identity `keypair`, randomness from `seed`, created at `now`, when the wall
@@ -255,7 +271,7 @@ impl Node {
             nat_relays: vec![],
             next_keepalive: None,
             nat_service: None,
-            bad_relays: std::collections::BTreeSet::new(),
+            bad_relays: BTreeMap::new(),
             last_now: None,
             created: now,
             gossip: gossips
@@ -263,8 +279,10 @@ impl Node {
             gossip_addrs: BTreeMap::new(),
             next_gossip_sync: Some(now),
             next_health: Some(now + HEALTH_INTERVAL),
-            health_seq: 0,
             peer_estimates: BTreeMap::new(),
+            health_budget: None,
+            health_forwarded: BTreeMap::new(),
+            health_minute: None,
             announced: BTreeMap::new(),
             resolver: Resolver::default(),
             resolved: std::collections::VecDeque::new(),
@@ -479,7 +497,7 @@ impl Node {
                 s.coordinates = s.coordinates.or(self.coordinates());
                 if !self.config.reachable {
                     // Behind a NAT: name the relays we keep open.
-                    self.nat_relays = self.pick_relays();
+                    self.nat_relays = self.pick_relays(now);
                     s.reachable = false;
                     s.relays = self.nat_relays.clone();
                     self.nat_service = Some(s.clone());
@@ -514,16 +532,37 @@ impl Node {
         self.announced.values()
     }
 
+    /// The estimates other servers announced that this node counts (origin, estimate), and
+    /// its own from the DHT.
+    pub fn size_estimates(&self) -> (Vec<(PeerId, f64)>, Option<f64>) {
+        let now = self.last_now;
+        let announced = self
+            .peer_estimates
+            .iter()
+            .filter(|(_, (_, t, _))| {
+                now.is_some_and(|n| n.saturating_duration_since(*t) <= ESTIMATE_MAX_AGE)
+            })
+            .map(|(p, (e, _, _))| (*p, *e))
+            .collect();
+        (announced, self.dht.size_estimate())
+    }
+
     /// The node's estimate of the number of DHT servers online: the median of its own
     /// estimate and those its gossip peers announced in the last five minutes.
     pub fn network_size_estimate(&self) -> Option<f64> {
         let now = self.last_now?;
+        let own = self.dht.size_estimate();
+        // Announcements refine this node's own measurement; one that disagrees with it by
+        // more than ESTIMATE_BAND (a liar, or a peer that measured a smaller network while it
+        // joined) is an outlier, not a vote.
+        let in_band = |e: f64| own.is_none_or(|o| e >= o / ESTIMATE_BAND && e <= o * ESTIMATE_BAND);
         let mut v: Vec<f64> = self
             .peer_estimates
             .values()
-            .filter(|(_, t)| now.saturating_duration_since(*t) <= ESTIMATE_MAX_AGE)
-            .map(|(e, _)| *e)
-            .chain(self.dht.size_estimate())
+            .filter(|(_, t, _)| now.saturating_duration_since(*t) <= ESTIMATE_MAX_AGE)
+            .map(|(e, _, _)| *e)
+            .filter(|&e| in_band(e))
+            .chain(own)
             .filter(|e| e.is_finite() && *e > 0.0)
             .collect();
         if v.is_empty() {
@@ -556,19 +595,19 @@ impl Node {
         if self.next_health.is_some_and(|t| t <= now) {
             self.next_health = Some(now + HEALTH_INTERVAL);
             // Every announcement floods the whole network, so the network as a whole should
-            // make about HEALTH_PER_MINUTE of them: each node announces with probability
-            // HEALTH_PER_MINUTE / (estimated servers).
+            // make about health::PER_MINUTE of them: a node announces in the minutes the
+            // lottery draws it (see crate::health).
             let est = self
                 .dht
                 .size_estimate()
                 .filter(|_| self.dht.size_estimate_settled());
-            let p = est.map_or(1.0, |n| (HEALTH_PER_MINUTE / n.max(1.0)).min(1.0));
-            if let Some(est) = est.filter(|_| rand::Rng::random_bool(&mut self.vivaldi_rng, p)) {
-                self.health_seq += 1;
-                let h = Health {
-                    size_estimate: est as f32,
-                    seq: self.health_seq,
-                };
+            let minute = self.dht.unix_time(now) / 60;
+            let me = self.dht.local_peer();
+            if let Some(est) = est.filter(|&e| {
+                self.health_minute.is_none_or(|m| minute > m) && crate::health::wins(&me, minute, e)
+            }) {
+                self.health_minute = Some(minute);
+                let h = Health::signed(self.dht.keypair(), est as f32, minute);
                 if let Ok(bytes) = postcard::to_stdvec(&h) {
                     let _ = g.publish(now, Topic::Health, bytes);
                 }
@@ -592,6 +631,7 @@ impl Node {
                 if let Ok(h) = postcard::from_bytes::<Health>(&payload)
                     && h.size_estimate.is_finite()
                     && h.size_estimate > 0.0
+                    && self.health_counts(&origin, &h)
                 {
                     if self.peer_estimates.len() >= MAX_ANNOUNCED
                         && !self.peer_estimates.contains_key(&origin)
@@ -599,7 +639,7 @@ impl Node {
                         self.peer_estimates.pop_first();
                     }
                     self.peer_estimates
-                        .insert(origin, (f64::from(h.size_estimate), now));
+                        .insert(origin, (f64::from(h.size_estimate), now, h.minute));
                 }
             }
             Topic::ServiceAnnouncement => {
@@ -626,6 +666,107 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Whether a new gossiped message may spread: valid ([`Node::gossip_valid`]), and for
+    /// health, the origin's first announcement of that minute, and — when this node has not
+    /// exchanged DHT messages with the origin — within the budget of such announcements it
+    /// forwards (a few times what the whole network makes). A flood of validly signed
+    /// announcements under minted keys then costs the network a bounded share of its traffic,
+    /// and cannot crowd out the announcements of peers a node knows, the only ones it counts.
+    fn gossip_admit(
+        &mut self,
+        now: Instant,
+        origin: &PeerId,
+        topic: Topic,
+        payload: &[u8],
+    ) -> bool {
+        if !self.gossip_valid(now, origin, topic, payload) {
+            return false;
+        }
+        if topic != Topic::Health {
+            return true;
+        }
+        let Ok(h) = postcard::from_bytes::<Health>(payload) else {
+            return false;
+        };
+        if self
+            .health_forwarded
+            .get(origin)
+            .is_some_and(|&m| m >= h.minute)
+        {
+            return false;
+        }
+        if self.health_forwarded.len() >= MAX_ANNOUNCED
+            && !self.health_forwarded.contains_key(origin)
+        {
+            self.health_forwarded.pop_first();
+        }
+        self.health_forwarded.insert(*origin, h.minute);
+        if self.knows(origin) {
+            return true;
+        }
+        let rate = HEALTH_FORWARD_BUDGET * crate::health::PER_MINUTE / 60.0;
+        let burst = HEALTH_FORWARD_BUDGET * crate::health::PER_MINUTE;
+        let (tokens, at) = self.health_budget.get_or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
+    /// Whether this node has exchanged DHT messages with `peer` (it is in the table, or
+    /// answered a request of ours).
+    fn knows(&self, peer: &PeerId) -> bool {
+        self.positions.contains_key(peer) || self.dht.table().contains(peer)
+    }
+
+    /// Whether a gossiped message may spread (checked before gossip takes it): a health
+    /// announcement signed by its origin, of this minute or a neighbour, drawn by the lottery
+    /// (see [`crate::health`]); a service record valid now and announced by its owner.
+    fn gossip_valid(&self, now: Instant, origin: &PeerId, topic: Topic, payload: &[u8]) -> bool {
+        let unix = self.dht.unix_time(now);
+        match topic {
+            Topic::Health => {
+                let Ok(h) = postcard::from_bytes::<Health>(payload) else {
+                    return false;
+                };
+                let minute = unix / 60;
+                let fresh = h.minute + 1 >= minute && h.minute <= minute + 1;
+                let drawn = self.dht.size_estimate().is_none_or(|own| {
+                    crate::health::wins(origin, h.minute, own / crate::health::LOTTERY_SLACK)
+                });
+                h.size_estimate.is_finite()
+                    && h.size_estimate > 0.0
+                    && fresh
+                    && drawn
+                    && h.verify(origin)
+            }
+            Topic::ServiceAnnouncement => postcard::from_bytes::<Record>(payload).is_ok_and(|r| {
+                matches!(r, Record::Service(_))
+                    && r.owner() == *origin
+                    && r.check(unix, self.config.dht.max_record_ttl).is_ok()
+            }),
+        }
+    }
+
+    /// Whether a (valid) health announcement of `origin` counts towards the size estimate:
+    /// from a peer this node has exchanged DHT messages with (keys minted for a flood count for
+    /// nothing), and newer than the one it replaces.
+    fn health_counts(&mut self, origin: &PeerId, h: &Health) -> bool {
+        let known = self.knows(origin);
+        let newer = self
+            .peer_estimates
+            .get(origin)
+            .is_none_or(|(_, _, m)| h.minute > *m);
+        let ok = known && newer;
+        if !ok {
+            self.stats.health_refused += 1;
+        }
+        ok
     }
 
     /// This node's network coordinates, once it has measured any.
@@ -698,13 +839,13 @@ impl Node {
     /// The relays for a node behind a NAT: the table entries with the lowest predicted RTT
     /// (its traffic goes through them) that have not failed a relay check. Not the XOR-nearest:
     /// a lookup of our own key is exactly where adversaries push themselves into the table.
-    fn pick_relays(&self) -> Vec<Contact> {
+    fn pick_relays(&self, now: Instant) -> Vec<Contact> {
         let own = self.coordinates();
         let mut cands: Vec<(f64, &Contact)> = self
             .dht
             .table()
             .iter()
-            .filter(|e| e.failures == 0 && !self.bad_relays.contains(&e.contact.peer))
+            .filter(|e| e.failures == 0 && !self.relay_banned(now, &e.contact.peer))
             .map(|e| {
                 let rtt = match (own, self.positions.get(&e.contact.peer)) {
                     (Some(a), Some(p)) => routing::score::predict_ms(&a, &p.coords),
@@ -727,7 +868,7 @@ impl Node {
         let lost = self
             .nat_relays
             .iter()
-            .any(|r| !self.dht.table().contains(&r.peer) || self.bad_relays.contains(&r.peer));
+            .any(|r| !self.dht.table().contains(&r.peer) || self.relay_banned(now, &r.peer));
         if lost {
             self.replace_relays(now);
         }
@@ -742,17 +883,56 @@ impl Node {
         for c in self.nat_relays.clone() {
             self.dht.ping(now, c.clone());
             if let Some(me) = &me {
-                self.router.check_relay(now, c, me.clone());
+                let helpers = self.check_helpers();
+                self.router.check_relay(now, c, me.clone(), &helpers);
             }
         }
         self.next_keepalive = (!self.nat_relays.is_empty()).then_some(now + NAT_KEEPALIVE);
+    }
+
+    /// Failed relay checks held against `relay` (each passed check takes one back).
+    pub fn relay_strikes(&self, relay: &PeerId) -> u32 {
+        self.bad_relays.get(relay).map_or(0, |(s, _)| *s)
+    }
+
+    /// Peers to run a relay check through: [`CHECK_HELPERS`] random table entries that are
+    /// not our relays.
+    fn check_helpers(&mut self) -> Vec<Contact> {
+        let pool: Vec<Contact> = self
+            .dht
+            .table()
+            .iter()
+            .filter(|e| {
+                e.failures == 0 && !self.nat_relays.iter().any(|r| r.peer == e.contact.peer)
+            })
+            .map(|e| e.contact.clone())
+            .collect();
+        let mut picked: Vec<Contact> = Vec::new();
+        for _ in 0..CHECK_HELPERS * 4 {
+            if picked.len() >= CHECK_HELPERS.min(pool.len()) {
+                break;
+            }
+            let i = (self.dht.random_u64() % pool.len().max(1) as u64) as usize;
+            if let Some(c) = pool.get(i)
+                && !picked.iter().any(|p| p.peer == c.peer)
+            {
+                picked.push(c.clone());
+            }
+        }
+        picked
+    }
+
+    fn relay_banned(&self, now: Instant, relay: &PeerId) -> bool {
+        self.bad_relays
+            .get(relay)
+            .is_some_and(|(_, until)| *until > now)
     }
 
     fn replace_relays(&mut self, now: Instant) {
         let Some(s) = self.nat_service.clone() else {
             return;
         };
-        let fresh = self.pick_relays();
+        let fresh = self.pick_relays(now);
         if fresh.is_empty() || fresh == self.nat_relays {
             return;
         }
@@ -802,13 +982,22 @@ impl Node {
                 .router
                 .handle_message(now, Contact { peer: from, addr }, m),
             Message::Gossip(m) => {
-                if let Some(g) = self.gossip.as_mut() {
+                if let Some(mut g) = self.gossip.take() {
                     if !self.gossip_addrs.contains_key(&from)
                         && self.gossip_addrs.len() < MAX_POSITIONS
                     {
                         self.gossip_addrs.insert(from, addr);
                     }
-                    g.handle_message(now, from, m);
+                    // Gossip forwards what it takes to the whole network: a new message is
+                    // checked before, so a forged one dies at the first honest peer.
+                    let mut refused = 0;
+                    g.handle_message_validated(now, from, m, |origin, topic, payload| {
+                        let ok = self.gossip_admit(now, origin, topic, payload);
+                        refused += u64::from(!ok);
+                        ok
+                    });
+                    self.stats.gossip_refused += refused;
+                    self.gossip = Some(g);
                 } else {
                     self.stats.unhandled_in += 1;
                 }
@@ -892,7 +1081,7 @@ impl Node {
     /// This node's coordinates as sent in DHT answers.
     /// Always given, even before any sample: a fresh node's position (the origin, error 1)
     /// is what lets the others weigh it, and the system start at all.
-    fn position(&self) -> Option<Position> {
+    pub fn position(&self) -> Option<Position> {
         Some(Position {
             coords: self.vivaldi.coordinates(),
             error: self.vivaldi.error(),
@@ -923,15 +1112,25 @@ impl Node {
         loop {
             match self.router.poll_event()? {
                 RouteEvent::RelayChecked { relay, ok } => {
-                    if !ok && self.nat_relays.iter().any(|r| r.peer == relay) {
-                        self.bad_relays.insert(relay);
-                        if self.bad_relays.len() > MAX_POSITIONS {
+                    let Some(now) = self.last_now else { continue };
+                    if ok {
+                        if let Some((strikes, _)) = self.bad_relays.get_mut(&relay) {
+                            *strikes = strikes.saturating_sub(1);
+                        }
+                    } else if self.nat_relays.iter().any(|r| r.peer == relay) {
+                        if self.bad_relays.len() >= MAX_POSITIONS
+                            && !self.bad_relays.contains_key(&relay)
+                        {
                             self.bad_relays.pop_first();
                         }
+                        let (strikes, until) = self.bad_relays.entry(relay).or_insert((0, now));
+                        *strikes = strikes.saturating_add(1);
+                        let out = RELAY_TIME_OUT
+                            .saturating_mul(1 << (*strikes - 1).min(8))
+                            .min(RELAY_TIME_OUT_MAX);
+                        *until = now + out;
                         // Replace it now: clients must stop being sent to it.
-                        if let Some(now) = self.last_now {
-                            self.replace_relays(now);
-                        }
+                        self.replace_relays(now);
                     }
                 }
                 e => return Some(Event::Route(e)),

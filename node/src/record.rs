@@ -40,7 +40,52 @@ impl Addr {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The IP address in it: `ip:port`, `[ip6]:port`, a bare IP, or a multiaddr starting
+    /// `/ip4/…` or `/ip6/…`. `None` for anything else (a DNS name, garbage).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        let s = self.0.as_str();
+        if let Some(rest) = s.strip_prefix("/ip4/").or_else(|| s.strip_prefix("/ip6/")) {
+            return rest.split('/').next()?.parse().ok();
+        }
+        s.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| s.parse::<std::net::IpAddr>())
+            .ok()
+    }
+
+    /// The network it is in, for limits on how many peers one network may place (see
+    /// [`Subnet`]). `None` without an IP, and for loopback, private and link-local addresses
+    /// unless `limit_private` (a LAN or a test on one machine is many peers on one network).
+    pub fn subnet(&self, limit_private: bool) -> Option<Subnet> {
+        use std::net::IpAddr;
+        match self.ip()? {
+            IpAddr::V4(v4) => {
+                let local = v4.is_loopback() || v4.is_private() || v4.is_link_local();
+                if local && !limit_private {
+                    return None;
+                }
+                let [a, b, c, _] = v4.octets();
+                Some(Subnet([a, b, c, 0, 0, 0, 4]))
+            }
+            IpAddr::V6(v6) => {
+                let seg = v6.segments();
+                let local =
+                    v6.is_loopback() || (seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfe80;
+                if local && !limit_private {
+                    return None;
+                }
+                let o = v6.octets();
+                Some(Subnet([o[0], o[1], o[2], o[3], o[4], o[5], 6]))
+            }
+        }
+    }
 }
+
+/// A /24 (IPv4) or /48 (IPv6) network: what one operator can fill with Sybils cheaply. The
+/// last byte tells the families apart.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Subnet(pub [u8; 7]);
 
 /// How much a peer does for the network.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
@@ -401,5 +446,27 @@ pub(crate) mod tests {
             signature: s.signature,
         });
         assert!(!forged.verify_signature());
+    }
+
+    #[test]
+    fn addresses_give_their_subnet() {
+        let sub = |s: &str, private| Addr::new(s).subnet(private);
+        assert_eq!(sub("8.8.8.8:53", false), sub("/ip4/8.8.8.200/tcp/1", false));
+        assert_ne!(sub("8.8.8.8:53", false), sub("8.8.9.8:53", false));
+        assert!(sub("8.8.8.8:53", false).is_some());
+        assert_eq!(
+            sub("[2001:db8:1::1]:4", false),
+            sub("/ip6/2001:db8:1:ffff::2/udp/4/quic-v1", false)
+        );
+        assert_ne!(
+            sub("[2001:db8:1::1]:4", false),
+            sub("[2001:db8:2::1]:4", false)
+        );
+        // Loopback and private networks are not limited unless asked.
+        assert_eq!(sub("127.0.0.1:9", false), None);
+        assert_eq!(sub("10.1.2.3:9", false), None);
+        assert!(sub("10.1.2.3:9", true).is_some());
+        assert_eq!(sub("example.com:80", true), None);
+        assert_eq!(sub("not an address", true), None);
     }
 }

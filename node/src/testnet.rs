@@ -31,6 +31,9 @@ fn index_of(a: &Addr) -> Option<usize> {
     a.as_str().strip_prefix('n')?.parse().ok()
 }
 
+/// See [`TestNet::meddle`].
+pub type Meddler = Box<dyn FnMut(usize, usize, &mut crate::wire::Message) -> bool>;
+
 pub struct TestNet {
     pub start: Instant,
     pub now: Instant,
@@ -53,6 +56,9 @@ pub struct TestNet {
     pub auto_respond: bool,
     /// Every datagram delivered, as (to, bytes), when set.
     pub tap: Option<Vec<(usize, Vec<u8>)>>,
+    /// An adversary in the wire: sees every message (from, to) before it is sent, may alter
+    /// it, and drops it by returning false.
+    pub meddle: Option<Meddler>,
 }
 
 impl TestNet {
@@ -76,6 +82,7 @@ impl TestNet {
             messages: 0,
             auto_respond: true,
             tap: None,
+            meddle: None,
         }
     }
 
@@ -149,10 +156,15 @@ impl TestNet {
             out.push(t);
         }
         let next = node.poll_timeout();
-        for t in out {
+        for mut t in out {
             let Some(to) = index_of(&t.addr) else {
                 continue;
             };
+            if let Some(meddle) = &mut self.meddle
+                && !meddle(i, to, &mut t.message)
+            {
+                continue;
+            }
             let bytes = t.encode().expect("the node only builds encodable messages");
             if self.loss > 0.0 && self.rng.random_bool(self.loss) {
                 continue;
@@ -1072,4 +1084,239 @@ fn records_expire_by_the_wall_clock_after_a_suspend() {
     // The machine slept an hour: the monotonic clock moved 10 s, the wall clock 3,610 s.
     n.handle_wall_clock(t0 + Duration::from_secs(10), 1_003_610);
     assert_eq!(n.dht().unix_time(t0 + Duration::from_secs(10)), 1_003_610);
+}
+
+#[test]
+fn health_announcements_are_counted_and_a_forged_flood_is_not() {
+    let mut net = TestNet::grow(
+        29,
+        120,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(30),
+        |_| {},
+    );
+    net.run_for(Duration::from_secs(600));
+    let counted: Vec<usize> = (0..120)
+        .map(|i| net.node(i).size_estimates().0.len())
+        .collect();
+    let with = counted.iter().filter(|&&c| c > 0).count();
+    assert!(
+        with > 100,
+        "nodes that counted an announcement: {with} of 120 ({counted:?})"
+    );
+
+    // A flood: 2,000 validly signed announcements under freshly minted keys (half of them
+    // ground to win the lottery), all claiming a network 1.9 times larger, sent to node 7 by
+    // a neighbour.
+    use crate::gossip::{GossipMessage, MessageId, Topic};
+    let target = 7;
+    let before = net
+        .node(target)
+        .network_size_estimate()
+        .expect("an estimate");
+    let refused_before = net.node(target).stats().gossip_refused;
+    let own = net
+        .node(target)
+        .size_estimates()
+        .1
+        .expect("its own estimate");
+    let from = net.ids[3];
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut minted = vec![];
+    for i in 0..2000 {
+        let minute = net.with(target, |n, now| n.dht().unix_time(now) / 60);
+        let kp = loop {
+            let kp = Keypair::generate(&mut rng);
+            if i % 2 == 1 || crate::health::wins(&kp.peer_id(), minute, own) {
+                break kp;
+            }
+        };
+        let payload = crate::health::Health::signed(&kp, (before * 1.9) as f32, minute).to_bytes();
+        let origin = kp.peer_id();
+        minted.push(origin);
+        let msg = crate::wire::Message::Gossip(GossipMessage::Publish {
+            id: MessageId::of(&origin, Topic::Health, &payload),
+            origin,
+            hops: 1,
+            topic: Topic::Health,
+            payload,
+        });
+        net.with(target, |n, now| n.handle_message(now, from, addr(3), msg));
+    }
+    net.run_for(Duration::from_secs(5));
+    let after = net
+        .node(target)
+        .network_size_estimate()
+        .expect("an estimate");
+    let (counted, _) = net.node(target).size_estimates();
+    assert!(
+        !counted.iter().any(|(p, _)| minted.contains(p)),
+        "a minted origin was counted"
+    );
+    assert!(
+        ((after / before) - 1.0).abs() < 0.2,
+        "the flood moved the estimate {before} -> {after}"
+    );
+    // The ones the lottery did not draw were refused outright (not even forwarded), when the
+    // neighbour's publish rate limit had not dropped them first.
+    let refused = net.node(target).stats().gossip_refused - refused_before;
+    let limited = net
+        .node(target)
+        .gossip()
+        .map_or(0, |g| g.stats().rate_limited_publishes);
+    assert!(
+        refused > 0 && refused + limited >= 1000,
+        "refused {refused}, rate-limited {limited}"
+    );
+}
+
+/// The simulator's probe-forwarding dropper (sim/src/peer.rs, `drop-relayed`) as a meddler:
+/// `relay` forwards what looks like a relay check of old — a frame addressed back to its
+/// sender, or a tiny one — and drops every other frame it should relay.
+fn probe_forwarding_dropper(
+    relay: usize,
+    ids: Vec<PeerId>,
+) -> Meddler {
+    use crate::wire::{Message, RouteMessage};
+    Box::new(move |from, to, msg| match msg {
+        Message::Route(RouteMessage::Forward { ahead, data, .. })
+            if to == relay && !ahead.is_empty() =>
+        {
+            ahead.last().is_some_and(|c| c.peer == ids[from]) || data.len() <= 8
+        }
+        Message::Route(RouteMessage::Backward { ahead, data, .. })
+            if to == relay && !ahead.is_empty() =>
+        {
+            data.len() <= 8
+        }
+        _ => true,
+    })
+}
+
+#[test]
+fn a_relay_that_forwards_only_probes_is_caught_by_checks_it_cannot_tell_from_traffic() {
+    let mut net = TestNet::grow(
+        37,
+        40,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let me = 9;
+    net.with(me, |n, now| n.set_reachable(now, false));
+    publish_service(&mut net, me);
+    let relays = net.node(me).nat_relays().to_vec();
+    let bad = relays
+        .iter()
+        .map(|c| {
+            net.ids
+                .iter()
+                .position(|id| *id == c.peer)
+                .expect("a test node")
+        })
+        .next()
+        .expect("a relay");
+    net.meddle = Some(probe_forwarding_dropper(bad, net.ids.clone()));
+    let client = (0..40)
+        .find(|&i| i != me && i != bad && i != 2)
+        .expect("a client");
+    // The service's checks (every NAT_KEEPALIVE) look like any client's request to the
+    // dropper: it drops them, and the service replaces it.
+    net.run_for(crate::node::NAT_KEEPALIVE * 3);
+    let now_relays = net.node(me).nat_relays().to_vec();
+    assert!(
+        !now_relays.iter().any(|c| c.peer == net.ids[bad]),
+        "the dropper is still a relay: {now_relays:?}"
+    );
+    // Honest relays pass their checks.
+    let bad_id = net.ids[bad];
+    assert!(net.node(me).relay_strikes(&bad_id) >= 1);
+    for c in relays.iter().filter(|c| c.peer != bad_id) {
+        assert_eq!(
+            net.node(me).relay_strikes(&c.peer),
+            0,
+            "an honest relay failed a check"
+        );
+    }
+    let fresh = resolve(&mut net, 2, me);
+    assert!(!fresh.relays.iter().any(|c| c.peer == net.ids[bad]));
+    assert!(
+        routed(
+            &mut net,
+            client,
+            &fresh,
+            crate::routing::Strategy::Direct,
+            b"x"
+        )
+        .is_some()
+    );
+}
+
+/// Share of record searches, by every honest node, that return the stale copy when the
+/// nodes `i % 3 == 0` serve an older copy of the record instead of the one they hold.
+fn stale_share(record_quorum: usize) -> f64 {
+    use crate::wire::{DhtMessage, Message, Response};
+    let mut net = TestNet::grow(
+        41,
+        60,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |c| c.record_quorum = record_quorum,
+    );
+    let service = 4;
+    publish_service(&mut net, service);
+    let key = net.ids[service].key();
+    let Some(old) = get(&mut net, 1, key) else {
+        panic!("the first copy was not found");
+    };
+    // The service moves and republishes (a higher seq).
+    let id = net
+        .with(service, |n, now| {
+            let moved = crate::record::ServiceRecord {
+                endpoints: vec![Addr::new("moved")],
+                ..service_at(service)
+            };
+            n.publish(now, Publish::Service(moved))
+        })
+        .expect("started");
+    assert!(put_outcome(&mut net, service, id).0 > 0);
+    let stale = old.clone();
+    net.meddle = Some(Box::new(move |from, _, msg| {
+        if from % 3 == 0
+            && let Message::Dht(DhtMessage::Response {
+                body: Response::Value {
+                    record: Some(r), ..
+                },
+                ..
+            }) = msg
+            && r.key() == stale.key()
+        {
+            *r = stale.clone();
+        }
+        true
+    }));
+    let (mut stale_found, mut searches) = (0, 0);
+    for who in (0..60).filter(|i| i % 3 != 0 && *i != service) {
+        searches += 1;
+        if get(&mut net, who, key).is_some_and(|r| r.seq() == old.seq()) {
+            stale_found += 1;
+        }
+    }
+    f64::from(stale_found) / f64::from(searches)
+}
+
+#[test]
+fn record_searches_take_the_newest_of_several_copies() {
+    // Undefended (the first copy wins), a third of the holders serving a stale copy hand it
+    // to many searches; taking the newest of three copies leaves almost none.
+    let first = stale_share(1);
+    let newest_of_3 = stale_share(3);
+    assert!(first > 0.15, "stale with the first copy: {first}");
+    assert!(
+        newest_of_3 < first / 3.0,
+        "stale with the newest of 3: {newest_of_3} (first copy: {first})"
+    );
 }

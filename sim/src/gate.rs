@@ -205,6 +205,13 @@ mod tests {
             size_estimate_error: 0.1,
             msgs_per_peer_s: 1.0,
             bytes_per_peer_s: 100.0,
+            adversary_server_share: 0.0,
+            captured_share: 0.0,
+            honest_scc_share: 1.0,
+            in_degree_honest: 10.0,
+            in_degree_adversary: 3.0,
+            eclipse_lookup_success: 1.0,
+            size_estimate_error_max: 0.2,
         }
     }
 

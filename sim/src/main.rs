@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sim::report::{self, Row};
 use sim::scenario::{Scenario, Strategy};
 use sim::{gate, latency, run};
@@ -42,6 +42,16 @@ struct Cli {
     /// (direct, multi-hop, geographic; repeat the flag for several).
     #[arg(long, value_name = "STRATEGY")]
     strategy: Vec<Strategy>,
+    /// Run this many scenarios at once, one per thread (rows keep their order; each run is
+    /// as deterministic as alone, but the wall times printed then share the cores).
+    #[arg(
+        long,
+        short = 'j',
+        value_name = "N",
+        default_value_t = 1,
+        global = true
+    )]
+    jobs: usize,
 }
 
 #[derive(Subcommand)]
@@ -71,7 +81,11 @@ fn progress_bar(name: &str, total: u64) -> ProgressBar {
     } else {
         ProgressDrawTarget::hidden()
     };
-    let pb = ProgressBar::with_draw_target(Some(total), target);
+    // One set of bars for every thread (`--jobs`), drawn together.
+    static BARS: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    let pb = BARS
+        .get_or_init(|| MultiProgress::with_draw_target(target))
+        .add(ProgressBar::new(total));
     if let Ok(style) =
         ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} simulated s ({elapsed})")
     {
@@ -79,6 +93,39 @@ fn progress_bar(name: &str, total: u64) -> ProgressBar {
     }
     pb.set_prefix(name.to_owned());
     pb
+}
+
+/// Runs `scenarios` on `jobs` threads; the results in the scenarios' order.
+fn run_many(scenarios: &[Scenario], jobs: usize) -> Vec<Result<Row>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let jobs = jobs.clamp(1, scenarios.len().max(1));
+    if jobs == 1 {
+        return scenarios.iter().map(run_one).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Row>>>> =
+        Mutex::new((0..scenarios.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(sc) = scenarios.get(i) else { break };
+                    let r = run_one(sc);
+                    if let Ok(mut v) = results.lock() {
+                        v[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a scenario's thread panicked"))))
+        .collect()
 }
 
 /// Runs one scenario with a progress bar; reports wall time and memory on stderr.
@@ -111,6 +158,28 @@ fn run_one(sc: &Scenario) -> Result<Row> {
         started.elapsed().as_secs_f64(),
         run::peak_rss_mib().map_or("?".into(), |m| format!("{m:.0}")),
     );
+    if r.adversary_server_share > 0.0 {
+        eprintln!(
+            "  adversaries {:.1} % of the dialable servers; overlay: {:.1} % of honest servers \
+             captured, largest honest strongly connected part {:.1} %, in-degree honest {:.1} \
+             adversary {:.1}; size estimate error mean {:.1} % max {:.1} %{}",
+            r.adversary_server_share * 100.0,
+            r.captured_share * 100.0,
+            r.honest_scc_share * 100.0,
+            r.in_degree_honest,
+            r.in_degree_adversary,
+            r.size_estimate_error * 100.0,
+            r.size_estimate_error_max * 100.0,
+            if r.eclipse_lookup_success.is_nan() {
+                String::new()
+            } else {
+                format!(
+                    "; eclipsed service's lookups {:.1} %",
+                    r.eclipse_lookup_success * 100.0
+                )
+            },
+        );
+    }
     Ok(out.row)
 }
 
@@ -158,9 +227,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     )
                 })?
             };
+            let runnable: Vec<Scenario> = scenarios
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().ok().cloned())
+                .collect();
+            let mut done: Vec<(String, Result<Row, String>)> = run_many(&runnable, cli.jobs)
+                .into_iter()
+                .zip(&runnable)
+                .map(|(r, sc)| (sc.name.clone(), r.map_err(|e| format!("{e:#}"))))
+                .collect();
             let mut rows = vec![];
             let checks = gate::run_gate(&scenarios, &base, |sc| {
-                let row = run_one(sc).map_err(|e| format!("{e:#}"))?;
+                let at = done.iter().position(|(name, _)| *name == sc.name);
+                let row = at
+                    .map(|i| done.remove(i).1)
+                    .unwrap_or_else(|| Err(format!("scenario {} did not run", sc.name)))?;
                 rows.push(row.clone());
                 Ok(row)
             });
@@ -188,17 +269,20 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(Scenario::load)
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut rows = vec![];
+            let mut runs = vec![];
             for sc in &scenarios {
                 if cli.strategy.is_empty() {
-                    rows.push(run_one(sc)?);
+                    runs.push(sc.clone());
                 }
                 for s in &cli.strategy {
                     let mut sc = sc.clone();
                     sc.workload.strategy = *s;
-                    rows.push(run_one(&sc)?);
+                    runs.push(sc);
                 }
             }
+            let rows = run_many(&runs, cli.jobs)
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
             match &cli.out {
                 Some(path) => {
                     report::write_rows_file(path, &rows)?;

@@ -49,6 +49,12 @@ pub struct Metrics {
     pub coordinates: Vec<Option<beam_node::record::Coordinates>>,
     /// Hole punches started and succeeded, summed over peers at the end.
     pub punches: (u64, u64),
+    /// Host of each peer id that ran (for the overlay graph).
+    pub host_by_peer: BTreeMap<beam_node::PeerId, u32>,
+    /// Routing tables at the end, per host: every entry's host.
+    pub tables: Vec<Vec<u32>>,
+    /// Per host at the end: the hosts of its table's `k` entries closest to its own key.
+    pub own_closest: Vec<Vec<u32>>,
     /// Datagrams that were not a valid frame.
     pub malformed: u64,
     /// Node transmits whose address was not `ip:port` or that did not encode.
@@ -66,6 +72,9 @@ impl Metrics {
             size_estimates: vec![None; hosts],
             coordinates: vec![None; hosts],
             punches: (0, 0),
+            host_by_peer: BTreeMap::new(),
+            tables: vec![vec![]; hosts],
+            own_closest: vec![vec![]; hosts],
             malformed: 0,
             unsendable: 0,
         }

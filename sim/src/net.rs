@@ -105,7 +105,8 @@ pub const SIM_MTU: u32 = 65_535;
 /// A simulated time so far away that reaching it means the simulation went idle.
 const FAR_TICK: u64 = 365 * 24 * 3600 * 1000;
 
-/// The address of the `index`-th simulated host: `10.b.c.d` with `d` in `1..=254`.
+/// The address of the `index`-th simulated host: `10.b.c.d` with `d` in `1..=254`, hosts
+/// 0 to 65,535 each in a /24 of their own.
 ///
 /// Unique for `index < HOST_IP_CAPACITY` (16.6 million), never ends in `.0` or `.255`
 /// (turmoil-net treats any `x.x.x.255` as a broadcast address). [`host_index`] inverts it, so a
@@ -119,8 +120,11 @@ pub fn host_ip(index: usize) -> Ipv4Addr {
         index < HOST_IP_CAPACITY,
         "host index {index} out of range (max {HOST_IP_CAPACITY})"
     );
-    let block = index / 254;
-    let last = (index % 254) as u8 + 1;
+    // Consecutive hosts in different /24s (65,536 of them before any /24 holds two): honest
+    // peers on the Internet are spread over networks, and a per-/24 limit must not see them as
+    // Sybils.
+    let block = index % 65_536;
+    let last = (index / 65_536) as u8 + 1;
     Ipv4Addr::new(10, (block >> 8) as u8, block as u8, last)
 }
 
@@ -131,7 +135,7 @@ pub fn host_index(ip: IpAddr) -> Option<usize> {
     if a != 10 || d == 0 || d == 255 {
         return None;
     }
-    Some((usize::from(b) * 256 + usize::from(c)) * 254 + usize::from(d) - 1)
+    Some((usize::from(d) - 1) * 65_536 + usize::from(b) * 256 + usize::from(c))
 }
 
 /// A host of a [`SimNet`], numbered from 0 in the order hosts were added.

@@ -12,27 +12,44 @@
 //!
 //! # The adversary
 //!
-//! An adversarial peer runs the honest node for its own needs but lies to others: it answers
-//! FIND_NODE (and FIND_VALUE when it holds nothing) with the adversaries closest to the
-//! target it knows of (trying to pull lookups into a captured region), keeps only the first
-//! copy of every record it is asked to store and serves that stale copy forever, and
-//! acknowledges every STORE without storing fresh data; and drops every frame it should relay.
+//! An adversarial peer runs the honest node for its own needs and speaks the protocol like an
+//! honest peer: its answers carry its coordinates (through [`Node::position`]), it answers
+//! pings, and it forwards whatever looks like a relay probe. Where it lies is the scenario's
+//! `adversary.behaviours` ([`Behaviour`]):
+//! - `drop-relayed`: drops every frame it should relay, except one addressed back to its
+//!   sender or a tiny one (what a relay check looked like);
+//! - `eclipse`: answers FIND_NODE (and FIND_VALUE when it serves no record) with the colluders
+//!   closest to the target, to pull lookups into a captured region;
+//! - `fabricate`: puts ids ground near the target, at addresses where nobody listens, at the
+//!   head of those answers: each holds one of a lookup's α request slots for a timeout;
+//! - `stale`: keeps only the first copy of every record it is asked to store, acknowledges
+//!   every STORE without storing the fresh copy, and serves the old one;
+//! - with `eclipse_target`, all of them withhold the eclipsed service's record: they
+//!   acknowledge its STOREs, never serve it, and answer searches for it with colluders;
+//! - `gossip-flood`: every [`FLOOD_EVERY`], sends its gossip peers health announcements under
+//!   [`FLOOD_ORIGINS`] freshly minted origins (validly signed by keys nobody knows) and one
+//!   under its own id, all claiming a network [`FLOOD_FACTOR`] times larger than it is.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use beam_node::app::{ResolveId, ServiceRef};
 use beam_node::dht::Publish;
+use beam_node::gossip::{GossipMessage, MessageId, Topic};
+use beam_node::node::Health;
 use beam_node::record::ServiceRecord;
 use beam_node::routing::{RequestId, RouteEvent, Strategy};
 use beam_node::wire::{self, Contact, DhtMessage, Message, Request, Response, RouteMessage};
-use beam_node::{Addr, Key, Node, PeerId, Record};
+use beam_node::{Addr, Key, Keypair, Node, PeerId, Record};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::driver::Protocol;
 use crate::metrics::Metrics;
+use crate::scenario::Behaviour;
 
 /// A `beam-node` wire message.
 pub const KIND_NODE: u8 = 0;
@@ -59,14 +76,113 @@ pub enum Command {
     Snapshot,
 }
 
-/// Adversaries known to every adversary, sorted by DHT key (for "closest to the target").
-#[derive(Debug, Default)]
+/// How often a flooding adversary sends forged health announcements.
+pub const FLOOD_EVERY: Duration = Duration::from_secs(10);
+/// Forged origins per flood.
+pub const FLOOD_ORIGINS: usize = 8;
+/// How much larger than its own estimate the network a flood claims is: just inside the
+/// factor of 2 beyond which a node ignores an announcement (an attacker that read the code).
+pub const FLOOD_FACTOR: f32 = 1.9;
+/// Gossip peers each flood goes to.
+const FLOOD_FANOUT: usize = 8;
+/// Fabricated contacts at the head of a lying answer.
+const FAKES: usize = 4;
+/// Key-prefix bits a fabricated id shares with the target (2^bits hashes to grind one).
+const FAKE_BITS: usize = 6;
+/// Targets whose fabricated contacts are remembered (the same lookup asks many adversaries).
+const MAX_FAKE_TARGETS: usize = 4096;
+
+/// What every adversary knows and shares: the colluders sorted by DHT key (for "closest to
+/// the target"), the behaviours, and the fabricated contacts made so far.
+#[derive(Debug)]
 pub struct Adversaries {
     /// (DHT key, contact), sorted by key.
     pub sorted: Vec<(Key, Contact)>,
+    behaviours: BTreeSet<Behaviour>,
+    /// The key of the service record the adversaries eclipse, if they do: they withhold it.
+    eclipse: Option<Key>,
+    fakes: RefCell<BTreeMap<Key, Vec<Contact>>>,
+    rng: RefCell<ChaCha8Rng>,
 }
 
 impl Adversaries {
+    /// The colluders `sorted` by key, doing `behaviours`, with randomness from `seed`.
+    pub fn new(sorted: Vec<(Key, Contact)>, behaviours: BTreeSet<Behaviour>, seed: u64) -> Self {
+        Self {
+            sorted,
+            behaviours,
+            eclipse: None,
+            fakes: RefCell::new(BTreeMap::new()),
+            rng: RefCell::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// The adversaries also eclipse the record under `key`.
+    pub fn eclipsing(mut self, key: Option<Key>) -> Self {
+        self.eclipse = key;
+        self
+    }
+
+    /// Whether adversaries do `b`.
+    pub fn does(&self, b: Behaviour) -> bool {
+        self.behaviours.contains(&b)
+    }
+
+    /// [`FAKES`] made-up contacts whose keys are near `target`, at addresses nobody listens on.
+    fn fabricated(&self, target: &Key) -> Vec<Contact> {
+        if let Some(f) = self.fakes.borrow().get(target) {
+            return f.clone();
+        }
+        let mut rng = self.rng.borrow_mut();
+        let fakes: Vec<Contact> = (0..FAKES)
+            .map(|_| {
+                let peer = loop {
+                    let mut b = [0u8; 32];
+                    rng.fill_bytes(&mut b);
+                    let p = PeerId::from_bytes(b);
+                    let d = p.key().distance(target);
+                    if d.bucket().is_none_or(|b| 255 - b >= FAKE_BITS) {
+                        break p;
+                    }
+                };
+                // 172.31.0.0/16 holds no simulated host: what is sent there is lost.
+                let addr = format!(
+                    "172.31.{}.{}:{PORT}",
+                    rng.random::<u8>(),
+                    rng.random_range(1..255u8)
+                );
+                Contact {
+                    peer,
+                    addr: Addr::new(addr),
+                }
+            })
+            .collect();
+        let mut cache = self.fakes.borrow_mut();
+        if cache.len() >= MAX_FAKE_TARGETS {
+            cache.clear();
+        }
+        cache.insert(*target, fakes.clone());
+        fakes
+    }
+
+    /// A lying answer's contacts for `target`: fabricated ones first, then colluders.
+    fn lying_contacts(&self, target: &Key, k: usize) -> Vec<Contact> {
+        let mut v = vec![];
+        if self.does(Behaviour::Fabricate) {
+            v.extend(self.fabricated(target));
+        }
+        if self.does(Behaviour::Eclipse) {
+            v.extend(self.near(target, k));
+        }
+        v.truncate(k);
+        v
+    }
+
+    /// A fresh key for a forged origin.
+    fn mint(&self) -> Keypair {
+        Keypair::generate(&mut *self.rng.borrow_mut())
+    }
+
     /// About `n` adversaries near `target`: the ones around the target's position in key
     /// order (a cheap stand-in for the XOR-closest), nearest first.
     fn near(&self, target: &Key, n: usize) -> Vec<Contact> {
@@ -95,6 +211,10 @@ pub struct SimPeer {
     lookups: BTreeMap<ResolveId, u64>,
     in_flight: BTreeMap<RequestId, u64>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// A flooding adversary's next flood.
+    next_flood: Option<Instant>,
+    /// An adversary's own identity (it announces under it too).
+    node_keypair: Option<Keypair>,
 }
 
 /// What an adversary does with a message.
@@ -145,6 +265,62 @@ impl SimPeer {
             lookups: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             out: VecDeque::new(),
+            next_flood: None,
+            node_keypair: None,
+        }
+    }
+
+    /// An adversary's own identity (it floods under it too), and the time it starts at.
+    pub fn with_keypair(mut self, keypair: Keypair, now: Instant) -> Self {
+        self.node_keypair = Some(keypair);
+        if self
+            .adversary
+            .as_ref()
+            .is_some_and(|a| a.does(Behaviour::GossipFlood))
+        {
+            self.next_flood = Some(now + FLOOD_EVERY);
+        }
+        self
+    }
+
+    /// A flooding adversary's forged health announcements, sent to its gossip peers.
+    fn flood(&mut self, now: Instant) {
+        let Some(adv) = self.adversary.clone() else {
+            return;
+        };
+        self.next_flood = Some(now + FLOOD_EVERY);
+        let Some(own) = self.node.dht().size_estimate() else {
+            return;
+        };
+        let minute = self.node.dht().unix_time(now) / 60;
+        let claim = own as f32 * FLOOD_FACTOR;
+        let mut origins: Vec<Keypair> = (0..FLOOD_ORIGINS).map(|_| adv.mint()).collect();
+        origins.extend(self.node_keypair.clone());
+        let to: Vec<SocketAddr> = self
+            .node
+            .dht()
+            .table()
+            .iter()
+            .take(FLOOD_FANOUT)
+            .filter_map(|e| e.contact.addr.as_str().parse().ok())
+            .collect();
+        for kp in &origins {
+            let payload = Health::signed(kp, claim, minute).to_bytes();
+            let origin = kp.peer_id();
+            let msg = Message::Gossip(GossipMessage::Publish {
+                id: MessageId::of(&origin, Topic::Health, &payload),
+                origin,
+                hops: 1,
+                topic: Topic::Health,
+                payload,
+            });
+            let Ok(bytes) = wire::encode(&msg) else {
+                continue;
+            };
+            for &addr in &to {
+                self.out
+                    .push_back((addr, frame(KIND_NODE, &self.id, &bytes)));
+            }
         }
     }
 
@@ -193,45 +369,71 @@ impl SimPeer {
         }
     }
 
-    /// An adversary's answer to a DHT request, or `None` to let the honest node answer.
-    fn lie(&mut self, msg: &Message) -> Lie {
-        let Some(adv) = self.adversary.as_ref() else {
+    /// What an adversary does with `msg` from `sender`: let the honest node handle it, drop
+    /// it, or answer with a lie.
+    fn lie(&mut self, sender: &PeerId, msg: &Message) -> Lie {
+        let Some(adv) = self.adversary.clone() else {
             return Lie::Honest;
         };
         let (id, body) = match msg {
             Message::Dht(DhtMessage::Request { id, body, .. }) => (id, body),
-            Message::Route(
-                RouteMessage::Forward { ahead, .. } | RouteMessage::Backward { ahead, .. },
-            ) if !ahead.is_empty() => return Lie::Drop,
+            Message::Route(RouteMessage::Forward { ahead, data, .. })
+                if !ahead.is_empty() && adv.does(Behaviour::DropRelayed) =>
+            {
+                // Pass the relay checks: forward what looks like one, drop the rest.
+                let probe_like = ahead.last().is_some_and(|c| c.peer == *sender) || data.len() <= 8;
+                return if probe_like { Lie::Honest } else { Lie::Drop };
+            }
+            Message::Route(RouteMessage::Backward { ahead, data, .. })
+                if !ahead.is_empty() && adv.does(Behaviour::DropRelayed) =>
+            {
+                return if data.len() <= 8 {
+                    Lie::Honest
+                } else {
+                    Lie::Drop
+                };
+            }
             _ => return Lie::Honest,
         };
         let k = self.node.config().dht.k;
+        let lies_about_peers = adv.does(Behaviour::Eclipse) || adv.does(Behaviour::Fabricate);
         let body = match body {
             Request::Ping => return Lie::Honest,
-            Request::FindNode { target } => Response::Nodes {
-                closer: adv.near(target, k),
+            Request::FindNode { target } if lies_about_peers => Response::Nodes {
+                closer: adv.lying_contacts(target, k),
             },
+            // The eclipsed record: never served, never stored, only colluders named.
+            Request::FindValue { key } if adv.eclipse == Some(*key) => Response::Value {
+                record: None,
+                closer: adv.lying_contacts(key, k),
+            },
+            Request::Store { record } if adv.eclipse == Some(record.key()) => {
+                Response::Stored { result: Ok(()) }
+            }
             Request::FindValue { key } => match self.stale.get(key) {
-                Some(r) => Response::Value {
+                Some(r) if adv.does(Behaviour::Stale) => Response::Value {
                     record: Some(r.clone()),
                     closer: vec![],
                 },
-                None => Response::Value {
+                _ if lies_about_peers => Response::Value {
                     record: None,
-                    closer: adv.near(key, k),
+                    closer: adv.lying_contacts(key, k),
                 },
+                _ => return Lie::Honest,
             },
-            Request::Store { record } => {
+            Request::Store { record } if adv.does(Behaviour::Stale) => {
                 self.stale
                     .entry(record.key())
                     .or_insert_with(|| record.clone());
                 Response::Stored { result: Ok(()) }
             }
+            _ => return Lie::Honest,
         };
         Lie::Answer(Box::new(Message::Dht(DhtMessage::Response {
             id: *id,
             body,
-            position: None,
+            // Like every honest answer (a real attacker gets its coordinates right too).
+            position: self.node.position(),
         })))
     }
 }
@@ -257,7 +459,7 @@ impl Protocol for SimPeer {
         if self.adversary.is_some()
             && let Ok(msg) = wire::decode(payload)
         {
-            match self.lie(&msg) {
+            match self.lie(&sender, &msg) {
                 Lie::Honest => {}
                 Lie::Drop => return,
                 Lie::Answer(answer) => {
@@ -275,6 +477,9 @@ impl Protocol for SimPeer {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        if self.next_flood.is_some_and(|t| t <= now) {
+            self.flood(now);
+        }
         self.node.handle_timeout(now);
         self.pump(now);
     }
@@ -297,8 +502,34 @@ impl Protocol for SimPeer {
             }
             Command::Snapshot => {
                 let est = self.node.network_size_estimate();
+                if std::env::var_os("BEAM_SIM_DEBUG_SIZE").is_some() && self.adversary.is_none() {
+                    let (ann, own) = self.node.size_estimates();
+                    let mut v: Vec<f64> = ann.iter().map(|(_, e)| *e).collect();
+                    v.sort_by(f64::total_cmp);
+                    let st = self.node.stats();
+                    eprintln!(
+                        "size: host {} est {:?} own {:?} settled {} refused gossip {} health {} announced {:?}",
+                        self.index,
+                        est,
+                        own,
+                        self.node.dht().size_estimate_settled(),
+                        st.gossip_refused,
+                        st.health_refused,
+                        v
+                    );
+                }
                 let mut m = self.metrics.borrow_mut();
                 m.size_estimates[self.index] = est;
+                let table = self.node.dht().table();
+                let hosts = |v: &mut dyn Iterator<Item = PeerId>| -> Vec<u32> {
+                    v.filter_map(|p| m.host_by_peer.get(&p).copied()).collect()
+                };
+                let all = hosts(&mut table.iter().map(|e| e.contact.peer));
+                let k = self.node.config().dht.k;
+                let closest =
+                    hosts(&mut table.closest(&self.id.key(), k).into_iter().map(|c| c.peer));
+                m.tables[self.index] = all;
+                m.own_closest[self.index] = closest;
                 m.coordinates[self.index] = self.node.coordinates();
                 let r = self.node.router().stats();
                 m.punches.0 += r.punches;
@@ -331,6 +562,9 @@ impl Protocol for SimPeer {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.node.poll_timeout()
+        match (self.node.poll_timeout(), self.next_flood) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::scenario::Strategy;
 
 /// The table's columns, in order: the CSV header.
-pub const COLUMNS: [&str; 20] = [
+pub const COLUMNS: [&str; 27] = [
     "scenario",
     "seed",
     "peers",
@@ -47,6 +47,13 @@ pub const COLUMNS: [&str; 20] = [
     "size_estimate_error",
     "msgs_per_peer_s",
     "bytes_per_peer_s",
+    "adversary_server_share",
+    "captured_share",
+    "honest_scc_share",
+    "in_degree_honest",
+    "in_degree_adversary",
+    "eclipse_lookup_success",
+    "size_estimate_error_max",
 ];
 
 /// One scenario run's results: a row of the scaling table.
@@ -107,6 +114,31 @@ pub struct Row {
     /// Bytes sent per peer per simulated second.
     #[serde(serialize_with = "decimals_1")]
     pub bytes_per_peer_s: f64,
+    // Columns added later: read as 0 from tables written before them.
+    /// Share of the dialable DHT servers (the peers in routing tables) that are adversaries.
+    #[serde(serialize_with = "decimals_5", default)]
+    pub adversary_server_share: f64,
+    /// The overlay at the end: share of honest servers whose `k` table entries nearest their
+    /// own key are mostly adversaries (captured; an eclipse shows here first).
+    #[serde(serialize_with = "decimals_5", default)]
+    pub captured_share: f64,
+    /// Share of the honest servers in the largest strongly connected component of the honest
+    /// servers' overlay (1: strongly connected).
+    #[serde(serialize_with = "decimals_5", default)]
+    pub honest_scc_share: f64,
+    /// Mean in-degree (routing tables that hold it) of an honest server.
+    #[serde(serialize_with = "decimals_3", default)]
+    pub in_degree_honest: f64,
+    /// Mean in-degree of an adversary (NaN without adversaries).
+    #[serde(serialize_with = "decimals_3", default)]
+    pub in_degree_adversary: f64,
+    /// Share of the lookups of the eclipsed service's record that found it (NaN without an
+    /// eclipse).
+    #[serde(serialize_with = "decimals_5", default)]
+    pub eclipse_lookup_success: f64,
+    /// Largest |estimated N − N| ÷ N over honest peers.
+    #[serde(serialize_with = "decimals_5", default)]
+    pub size_estimate_error_max: f64,
 }
 
 /// Formats `v` with `decimals` fixed decimals; −0 is written as 0.
@@ -433,6 +465,13 @@ mod tests {
             size_estimate_error: -0.0,
             msgs_per_peer_s: 12.5,
             bytes_per_peer_s: 2048.25,
+            adversary_server_share: 0.2,
+            captured_share: 0.0,
+            honest_scc_share: 1.0,
+            in_degree_honest: 30.5,
+            in_degree_adversary: 3.0,
+            eclipse_lookup_success: 1.0,
+            size_estimate_error_max: 0.25,
         }
     }
 
@@ -444,7 +483,9 @@ mod tests {
             "scenario,seed,peers,strategy,sim_s,requests,routing_success,latency_mean_ms,\
              latency_p50_ms,latency_p99_ms,direct_rtt_mean_ms,stretch_p50,lookup_success,\
              lookup_hops_mean,lookup_p50_ms,lookup_p99_ms,regions_covered,size_estimate_error,\
-             msgs_per_peer_s,bytes_per_peer_s\n"
+             msgs_per_peer_s,bytes_per_peer_s,adversary_server_share,captured_share,\
+             honest_scc_share,in_degree_honest,in_degree_adversary,eclipse_lookup_success,\
+             size_estimate_error_max\n"
         );
         // The struct's own field order agrees with COLUMNS.
         let mut w = csv::Writer::from_writer(Vec::new());
@@ -461,7 +502,8 @@ mod tests {
         assert_eq!(
             line,
             "100-peers,42,100,multi-hop,120.0,6000,0.30000,123.5,100.0,412.0,88.0,1.235,\
-             1.00000,3.000,250.0,900.0,6,0.00000,12.500,2048.2"
+             1.00000,3.000,250.0,900.0,6,0.00000,12.500,2048.2,0.20000,0.00000,1.00000,30.500,\
+             3.000,1.00000,0.25000"
         );
         assert_eq!(fixed(-0.04, 1), "0.0");
         assert_eq!(fixed(-0.06, 1), "-0.1");

@@ -39,10 +39,10 @@ use turmoil_net::{Packet, Verdict};
 use crate::driver::{self, drive};
 use crate::latency::{LatencyModel, Placement};
 use crate::metrics::{self, Metrics, REQUEST_DEADLINE};
-use crate::net::{HostId, SimHandle, SimNet, host_index, host_ip};
+use crate::net::{HostId, SimHandle, SimNet, host_ip};
 use crate::peer::{Adversaries, Command, SimPeer, socket_addr};
 use crate::report::Row;
-use crate::scenario::{Scenario, Strategy};
+use crate::scenario::{Scenario, Share, Strategy};
 
 /// Wall-clock time the simulated network pretends it started at (records carry unix times).
 pub const UNIX_START: u64 = 1_800_000_000;
@@ -85,12 +85,43 @@ enum Stream {
     Network,
     Workload,
     Churn,
+    /// Adversaries' ground ids (eclipse) and their lies.
+    Adversary,
 }
 
 fn rng(seed: u64, stream: Stream) -> ChaCha8Rng {
     let mut r = ChaCha8Rng::seed_from_u64(seed);
     r.set_stream(stream as u64);
     r
+}
+
+/// Bits of key prefix an eclipsing adversary shares with its target (grinding costs 2^bits
+/// key generations per adversary; 8 bits put it nearer the target than all but ~1 in 256
+/// honest peers).
+const ECLIPSE_BITS: usize = 8;
+
+fn leading_zeros(d: &beam_node::Distance) -> usize {
+    d.bucket().map_or(256, |b| 255 - b)
+}
+
+/// How many adversaries the scenario asks for, among `servers` servers of `n` peers, when
+/// `n_nat` honest peers will be behind NATs. With `of = "servers"` the share is of the
+/// dialable servers, which NATs (drawn among the honest peers afterwards) thin out: the
+/// smallest count that reaches the share of the expected dialable servers.
+fn adversary_count(scenario: &Scenario, n: usize, servers: usize, n_nat: usize) -> usize {
+    let f = scenario.adversary.fraction;
+    let max = servers.saturating_sub(1);
+    match scenario.adversary.of {
+        Share::Peers => ((f * n as f64).round() as usize).min(max),
+        Share::Servers => (0..=max)
+            .find(|&a| {
+                let honest = (servers - a) as f64;
+                let nat_share = (n_nat as f64 / (n - a).max(1) as f64).min(1.0);
+                let dialable = a as f64 + honest * (1.0 - nat_share);
+                a as f64 >= (f * dialable).round()
+            })
+            .unwrap_or(max),
+    }
 }
 
 fn level_index(p: Participation) -> usize {
@@ -118,6 +149,10 @@ struct World {
     metrics: Rc<RefCell<Metrics>>,
     start: Instant,
     strategy: beam_node::routing::Strategy,
+    /// `workload.republish_s`, when set.
+    republish: Option<Duration>,
+    /// The service the adversaries eclipse, if they do.
+    eclipse: Option<usize>,
 }
 
 impl World {
@@ -155,7 +190,17 @@ impl World {
         if self.nat[host] {
             config = config.behind_nat();
         }
+        // The simulated 10/8 stands in for the Internet: its /24s are limited like public ones.
+        config.dht.subnet_limits.limit_private = true;
+        if let Some(every) = self.republish {
+            config.dht.republish_interval = every;
+        }
         let adversary = self.adversary[host].then(|| Rc::clone(&self.adversaries));
+        let is_adversary = self.adversary[host];
+        self.metrics
+            .borrow_mut()
+            .host_by_peer
+            .insert(kp.peer_id(), host as u32);
         let metrics = Rc::clone(&self.metrics);
         let events = self.events.clone();
         let addr = socket_addr(self.ips[host]);
@@ -174,9 +219,12 @@ impl World {
             };
             let now = driver::now();
             let unix = UNIX_START + now.saturating_duration_since(start).as_secs();
-            let mut node = Node::new(config, kp, node_seed, now, unix);
+            let mut node = Node::new(config, kp.clone(), node_seed, now, unix);
             node.bootstrap(now, contacts);
-            let peer = SimPeer::new(host, node, adversary, metrics, strategy);
+            let mut peer = SimPeer::new(host, node, adversary, metrics, strategy);
+            if is_adversary {
+                peer = peer.with_keypair(kp, now);
+            }
             drive(socket, peer, rx, events).await;
         });
     }
@@ -234,8 +282,14 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     roles.shuffle(&mut role_rng);
     let mut servers: Vec<usize> = (0..n).filter(|&i| roles[i].is_server()).collect();
     servers.shuffle(&mut role_rng);
-    let n_adv = ((scenario.adversary.fraction * n as f64).round() as usize)
-        .min(servers.len().saturating_sub(1));
+    let n_nat = (scenario.nat.fraction * n as f64).round() as usize;
+    let n_adv = adversary_count(scenario, n, servers.len(), n_nat);
+    if scenario.adversary.sybil_subnet && n_adv > 254 {
+        return Err(RunError::Unsupported {
+            key: "adversary.sybil_subnet",
+            problem: format!("{n_adv} adversaries do not fit in one /24 (254 addresses)"),
+        });
+    }
     let mut adversary = vec![false; n];
     for &i in &servers[..n_adv] {
         adversary[i] = true;
@@ -245,7 +299,6 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     let mut nat = vec![false; n];
     let mut all: Vec<usize> = (0..n).collect();
     all.shuffle(&mut role_rng);
-    let n_nat = (scenario.nat.fraction * n as f64).round() as usize;
     for &i in all.iter().filter(|&&i| !adversary[i]).take(n_nat) {
         nat[i] = true;
     }
@@ -262,9 +315,40 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
 
     // Identities.
     let mut key_rng = rng(seed, Stream::Keys);
-    let keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate(&mut key_rng)).collect();
+    let mut keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate(&mut key_rng)).collect();
     let node_seeds: Vec<u64> = (0..n).map(|_| key_rng.random()).collect();
+    let mut adv_rng = rng(seed, Stream::Adversary);
+    // The eclipse: adversaries grind ids whose keys share a prefix with the target's key.
+    let eclipse = (scenario.adversary.eclipse_target && n_adv > 0)
+        .then(|| service_hosts.first().copied())
+        .flatten();
+    if let Some(target) = eclipse {
+        let target_key = keys[target].peer_id().key();
+        for i in (0..n).filter(|&i| adversary[i]) {
+            keys[i] = loop {
+                let kp = Keypair::generate(&mut adv_rng);
+                if leading_zeros(&kp.peer_id().key().distance(&target_key)) >= ECLIPSE_BITS {
+                    break kp;
+                }
+            };
+        }
+    }
 
+    // Addresses: every honest host in a /24 of its own (as on the Internet, where a /24 limit
+    // must not hurt honest peers); Sybils all in one.
+    let ips: Vec<std::net::Ipv4Addr> = {
+        let mut sybil = 0u8;
+        (0..n)
+            .map(|i| {
+                if scenario.adversary.sybil_subnet && adversary[i] {
+                    sybil += 1;
+                    std::net::Ipv4Addr::new(172, 30, 0, sybil)
+                } else {
+                    host_ip(i)
+                }
+            })
+            .collect()
+    };
     let mut adv_sorted: Vec<_> = (0..n)
         .filter(|&i| adversary[i])
         .map(|i| {
@@ -273,7 +357,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
                 id.key(),
                 Contact {
                     peer: id,
-                    addr: Addr::new(socket_addr(host_ip(i).into()).to_string()),
+                    addr: Addr::new(socket_addr(ips[i].into()).to_string()),
                 },
             )
         })
@@ -282,7 +366,13 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
 
     // The network.
     let mut net = SimNet::new();
-    let hosts: Vec<HostId> = (0..n).map(|i| net.add_host(host_ip(i))).collect();
+    let hosts: Vec<HostId> = (0..n).map(|i| net.add_host(ips[i])).collect();
+    let by_ip: Rc<std::collections::HashMap<std::net::IpAddr, usize>> = Rc::new(
+        ips.iter()
+            .enumerate()
+            .map(|(i, ip)| (std::net::IpAddr::V4(*ip), i))
+            .collect(),
+    );
     let loss = scenario.faults.loss;
     {
         let placements = Rc::clone(&placements);
@@ -300,8 +390,9 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             let mut h = ChaCha8Rng::seed_from_u64(seed ^ (lo << 32) ^ hi);
             h.random_bool(punch_success)
         };
+        let by_ip = Rc::clone(&by_ip);
         net.set_rule(move |p: &Packet| {
-            let (Some(a), Some(b)) = (host_index(p.src), host_index(p.dst)) else {
+            let (Some(&a), Some(&b)) = (by_ip.get(&p.src), by_ip.get(&p.dst)) else {
                 return Verdict::Drop;
             };
             let (Some(pa), Some(pb)) = (placements.get(a), placements.get(b)) else {
@@ -330,12 +421,22 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         roles: roles.clone(),
         adversary: adversary.clone(),
         nat: nat.clone(),
-        adversaries: Rc::new(Adversaries { sorted: adv_sorted }),
+        adversaries: Rc::new(
+            Adversaries::new(
+                adv_sorted,
+                scenario.adversary.behaviours.iter().copied().collect(),
+                adv_rng.random(),
+            )
+            .eclipsing(eclipse.map(|t| keys[t].peer_id().key())),
+        ),
         current: vec![None; n],
         senders: vec![None; n],
         events: events_tx,
         metrics: Rc::clone(&metrics),
         start,
+        eclipse,
+        republish: (scenario.workload.republish_s > 0)
+            .then(|| Duration::from_secs(scenario.workload.republish_s)),
         strategy: match scenario.workload.strategy {
             Strategy::Direct => beam_node::routing::Strategy::Direct,
             Strategy::MultiHop => beam_node::routing::Strategy::MultiHop,
@@ -593,6 +694,70 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     ))
 }
 
+/// What the routing tables at the end say about the overlay.
+struct Overlay {
+    adversary_server_share: f64,
+    captured_share: f64,
+    honest_scc_share: f64,
+    in_degree_honest: f64,
+    in_degree_adversary: f64,
+}
+
+/// Builds the overlay graph (an edge from each live peer to every entry of its routing table)
+/// and measures how much of it adversaries hold.
+fn overlay(w: &World, m: &Metrics) -> Overlay {
+    use petgraph::graph::{DiGraph, NodeIndex};
+    let n = w.current.len();
+    let live = |i: usize| w.current[i].is_some();
+    let honest_server =
+        |i: usize| live(i) && w.roles[i].is_server() && !w.nat[i] && !w.adversary[i];
+    let adversaries = (0..n).filter(|&i| live(i) && w.adversary[i]).count();
+    let honest = (0..n).filter(|&i| honest_server(i)).count();
+    let mut in_degree = vec![0u64; n];
+    let mut g: DiGraph<(), ()> = DiGraph::with_capacity(n, 0);
+    let nodes: Vec<NodeIndex> = (0..n).map(|_| g.add_node(())).collect();
+    for i in (0..n).filter(|&i| live(i)) {
+        for &j in &m.tables[i] {
+            let j = j as usize;
+            if j < n {
+                in_degree[j] += 1;
+                if honest_server(i) && honest_server(j) {
+                    g.add_edge(nodes[i], nodes[j], ());
+                }
+            }
+        }
+    }
+    let captured = (0..n)
+        .filter(|&i| honest_server(i))
+        .filter(|&i| {
+            let c = &m.own_closest[i];
+            let bad = c.iter().filter(|&&j| w.adversary[j as usize]).count();
+            !c.is_empty() && bad * 2 > c.len()
+        })
+        .count();
+    let largest = petgraph::algo::tarjan_scc(&g)
+        .into_iter()
+        .map(|scc| scc.iter().filter(|x| honest_server(x.index())).count())
+        .max()
+        .unwrap_or(0);
+    let mean = |f: &dyn Fn(usize) -> bool| {
+        let v: Vec<u64> = (0..n).filter(|&i| f(i)).map(|i| in_degree[i]).collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<u64>() as f64 / v.len() as f64
+        }
+    };
+    let share = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Overlay {
+        adversary_server_share: share(adversaries, adversaries + honest),
+        captured_share: share(captured, honest),
+        honest_scc_share: share(largest, honest),
+        in_degree_honest: mean(&|i| honest_server(i)),
+        in_degree_adversary: mean(&|i| live(i) && w.adversary[i]),
+    }
+}
+
 fn summarize_run(
     scenario: &Scenario,
     model: &LatencyModel,
@@ -648,16 +813,33 @@ fn summarize_run(
         .filter(|&i| w.current[i].is_some() && w.roles[i].is_server() && !w.nat[i])
         .count() as f64;
     let mut err = 0.0;
+    let mut err_max: f64 = 0.0;
     let mut counted = 0usize;
     for i in 0..w.current.len() {
-        if w.current[i].is_none() {
+        if w.current[i].is_none() || w.adversary[i] {
             continue;
         }
         counted += 1;
-        err += match m.size_estimates[i] {
+        let e = match m.size_estimates[i] {
             Some(e) if live_servers > 0.0 => (e - live_servers).abs() / live_servers,
             _ => 1.0,
         };
+        err += e;
+        err_max = err_max.max(e);
+    }
+    let overlay = overlay(w, m);
+    let mut eclipse_lookups = (0u64, 0u64);
+    if let Some(target) = w.eclipse {
+        for r in m
+            .requests
+            .values()
+            .filter(|r| !r.client_left && r.service == target)
+        {
+            eclipse_lookups.1 += 1;
+            if matches!(r.lookup, Some((true, _))) {
+                eclipse_lookups.0 += 1;
+            }
+        }
     }
     let secs = scenario.duration_s as f64;
     let n = scenario.peers as f64;
@@ -709,6 +891,17 @@ fn summarize_run(
         },
         msgs_per_peer_s: total_msgs as f64 / n / secs,
         bytes_per_peer_s: total_bytes as f64 / n / secs,
+        adversary_server_share: overlay.adversary_server_share,
+        captured_share: overlay.captured_share,
+        honest_scc_share: overlay.honest_scc_share,
+        in_degree_honest: overlay.in_degree_honest,
+        in_degree_adversary: overlay.in_degree_adversary,
+        eclipse_lookup_success: if w.eclipse.is_some() && eclipse_lookups.1 > 0 {
+            ratio(eclipse_lookups.0, eclipse_lookups.1)
+        } else {
+            f64::NAN
+        },
+        size_estimate_error_max: if counted == 0 { 1.0 } else { err_max },
     };
     // Vivaldi against the model: 2,000 random pairs of live peers with coordinates.
     let with_coords: Vec<usize> = (0..w.current.len())

@@ -211,18 +211,74 @@ impl Default for Faults {
     }
 }
 
-/// `[adversary]`: peers that misbehave.
+/// `[adversary]`: peers that misbehave. Adversaries speak the protocol like honest peers
+/// (they answer pings, send their coordinates, forward what looks like a probe) and lie
+/// where it hurts, in the ways `behaviours` lists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adversary {
-    /// Share of peers that drop what they should relay and answer DHT queries wrongly.
+    /// Share of adversaries; of all peers or of the DHT servers, as `of` says. Adversaries
+    /// are always servers (a light peer can attack nothing).
     pub fraction: f64,
+    /// What `fraction` is a share of.
+    pub of: Share,
+    /// What adversaries do (default: all of them).
+    pub behaviours: Vec<Behaviour>,
+    /// All adversaries in one /24 (Sybils on one network); at most 254 of them.
+    pub sybil_subnet: bool,
+    /// Adversaries grind their ids close to one service's key, to eclipse it.
+    pub eclipse_target: bool,
 }
 
 impl Default for Adversary {
     fn default() -> Self {
-        Adversary { fraction: 0.0 }
+        Adversary {
+            fraction: 0.0,
+            of: Share::Peers,
+            behaviours: Behaviour::ALL.to_vec(),
+            sybil_subnet: false,
+            eclipse_target: false,
+        }
     }
+}
+
+/// What `adversary.fraction` is a share of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Share {
+    /// Of all peers (all drawn from the servers: with 60 % light peers and 30 % NAT, 0.2 of
+    /// the peers is about 60 % of the dialable servers).
+    Peers,
+    /// Of the dialable DHT servers (the peers in routing tables, the relays).
+    Servers,
+}
+
+/// One way an adversary misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behaviour {
+    /// Drops relayed frames, but forwards whatever looks like a relay probe (a frame addressed
+    /// back to its sender, or a tiny one), to pass the services' checks.
+    DropRelayed,
+    /// Answers FIND_NODE / FIND_VALUE with the colluders closest to the target.
+    Eclipse,
+    /// Adds fabricated contacts (ids ground near the target, unroutable addresses) to answers.
+    Fabricate,
+    /// Keeps the first copy of every record it is given and serves it; withholds the rest.
+    Stale,
+    /// Floods health gossip under forged origins with a wildly wrong size estimate.
+    GossipFlood,
+}
+
+impl Behaviour {
+    /// Every behaviour.
+    pub const ALL: [Behaviour; 5] = [
+        Behaviour::DropRelayed,
+        Behaviour::Eclipse,
+        Behaviour::Fabricate,
+        Behaviour::Stale,
+        Behaviour::GossipFlood,
+    ];
 }
 
 /// `[nat]`: peers that cannot be dialled directly.
@@ -254,6 +310,9 @@ pub struct Workload {
     pub requests_per_s: f64,
     /// How requests are routed.
     pub strategy: Strategy,
+    /// Services republish their record every this many simulated seconds (0: the node's
+    /// default, 1,200 s, longer than most runs; set it to make a stale copy stale).
+    pub republish_s: u64,
 }
 
 impl Default for Workload {
@@ -262,6 +321,7 @@ impl Default for Workload {
             services: 100,
             requests_per_s: 50.0,
             strategy: Strategy::Geographic,
+            republish_s: 0,
         }
     }
 }
@@ -507,6 +567,18 @@ impl Scenario {
             ));
         }
         check_probability("adversary.fraction", self.adversary.fraction)?;
+        if self.adversary.sybil_subnet {
+            let n = (self.adversary.fraction * self.peers as f64).round();
+            if self.adversary.of == Share::Peers && n > 254.0 {
+                return Err(invalid(
+                    "adversary.sybil_subnet",
+                    format!(
+                        ": {n} adversaries do not fit in one /24 (254 addresses); lower \
+                         adversary.fraction or peers"
+                    ),
+                ));
+            }
+        }
         check_probability("nat.fraction", self.nat.fraction)?;
         check_probability("nat.punch_success", self.nat.punch_success)?;
         let w = &self.workload;

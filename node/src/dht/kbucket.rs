@@ -4,8 +4,16 @@
 //! Within a bucket, entries are ordered least recently seen first (Kademlia's rule: old, live
 //! peers are the most likely to stay). A full bucket does not evict a live entry for a new
 //! peer; the newcomer waits in the bucket's replacement cache, and the caller is told to ping
-//! the oldest entry if it has not been heard from for a while. A peer that fails requests is
-//! removed, and the most recently seen replacement takes its place.
+//! the oldest entry if it has not been heard from for a while. A peer that fails
+//! `max_failures` requests in a row is removed, and the most recently seen replacement takes
+//! its place. One timeout is never enough, even with a replacement waiting: a lost datagram
+//! must not hand an honest peer's place to whoever filled the replacement cache (an attacker
+//! fills it cheaply).
+//!
+//! Sybils are cheap on one network and dear on many, so a table takes at most
+//! [`SubnetLimits::per_bucket`] peers of one /24 (IPv6: /48) into a bucket and
+//! [`SubnetLimits::per_table`] into the whole table (S/Kademlia's and BitTorrent's defence);
+//! a peer over a limit is refused, its network's peers already in keep their places.
 //!
 //! Pure data structure: no I/O, time comes in as `now`.
 
@@ -13,7 +21,40 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::id::{Distance, Key, PeerId};
+use crate::record::Subnet;
 use crate::wire::Contact;
+
+/// How many peers of one network a table takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubnetLimits {
+    /// Most peers of one network in one bucket (0: no limit).
+    pub per_bucket: usize,
+    /// Most peers of one network in the whole table (0: no limit).
+    pub per_table: usize,
+    /// Whether loopback and private addresses are limited too (off: a LAN, or a test on one
+    /// machine, is many peers on one network; the simulator turns it on, its 10/8 standing
+    /// in for the Internet).
+    pub limit_private: bool,
+}
+
+impl Default for SubnetLimits {
+    fn default() -> Self {
+        Self {
+            per_bucket: 2,
+            per_table: 8,
+            limit_private: false,
+        }
+    }
+}
+
+impl SubnetLimits {
+    /// No limits.
+    pub const NONE: SubnetLimits = SubnetLimits {
+        per_bucket: 0,
+        per_table: 0,
+        limit_private: false,
+    };
+}
 
 /// One routing-table entry.
 #[derive(Clone, Debug)]
@@ -26,6 +67,8 @@ pub struct Entry {
     pub last_seen: Instant,
     /// Consecutive failed requests.
     pub failures: u8,
+    /// The network its address is in, when limited.
+    subnet: Option<Subnet>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -51,6 +94,8 @@ pub enum InsertOutcome {
     },
     /// The peer is the local node itself.
     IsSelf,
+    /// Its network already has as many peers in the bucket or the table as allowed.
+    SubnetFull,
 }
 
 /// A Kademlia routing table.
@@ -62,6 +107,9 @@ pub struct KBucketTable {
     stale_after: Duration,
     buckets: BTreeMap<u8, Bucket>,
     len: usize,
+    limits: SubnetLimits,
+    /// Entries per limited network.
+    per_subnet: BTreeMap<Subnet, usize>,
 }
 
 impl KBucketTable {
@@ -75,6 +123,47 @@ impl KBucketTable {
             stale_after,
             buckets: BTreeMap::new(),
             len: 0,
+            limits: SubnetLimits::NONE,
+            per_subnet: BTreeMap::new(),
+        }
+    }
+
+    /// The same table, limiting the peers of one network as `limits` says.
+    pub fn with_subnet_limits(mut self, limits: SubnetLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn subnet_of(&self, contact: &Contact) -> Option<Subnet> {
+        if self.limits.per_bucket == 0 && self.limits.per_table == 0 {
+            return None;
+        }
+        contact.addr.subnet(self.limits.limit_private)
+    }
+
+    /// Whether one more peer of `subnet` fits in bucket `b` and the table.
+    fn subnet_fits(&self, b: u8, subnet: Option<Subnet>) -> bool {
+        let Some(net) = subnet else { return true };
+        let in_table = self.per_subnet.get(&net).copied().unwrap_or(0);
+        if self.limits.per_table > 0 && in_table >= self.limits.per_table {
+            return false;
+        }
+        let in_bucket = self.buckets.get(&b).map_or(0, |bk| {
+            bk.entries.iter().filter(|e| e.subnet == Some(net)).count()
+        });
+        self.limits.per_bucket == 0 || in_bucket < self.limits.per_bucket
+    }
+
+    fn count(&mut self, subnet: Option<Subnet>, up: bool) {
+        let Some(net) = subnet else { return };
+        let c = self.per_subnet.entry(net).or_insert(0);
+        if up {
+            *c += 1;
+        } else {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.per_subnet.remove(&net);
+            }
         }
     }
 
@@ -103,20 +192,41 @@ impl KBucketTable {
         let Some(b) = self.bucket_of(&key) else {
             return InsertOutcome::IsSelf;
         };
+        let subnet = self.subnet_of(&contact);
         let (k, cap, stale_after) = (self.k, self.replacement_cap, self.stale_after);
-        let bucket = self.buckets.entry(b).or_default();
-        if let Some(pos) = bucket
-            .entries
-            .iter()
-            .position(|e| e.contact.peer == contact.peer)
-        {
+        let known = self.buckets.get(&b).and_then(|bk| {
+            bk.entries
+                .iter()
+                .position(|e| e.contact.peer == contact.peer)
+        });
+        if let Some(pos) = known {
+            let old = self
+                .buckets
+                .get(&b)
+                .and_then(|bk| bk.entries.get(pos))
+                .and_then(|e| e.subnet);
+            if old != subnet {
+                // Moved to another network: it must fit there like a newcomer.
+                self.count(old, false);
+                if !self.subnet_fits(b, subnet) {
+                    self.count(old, true);
+                    return InsertOutcome::SubnetFull;
+                }
+                self.count(subnet, true);
+            }
+            let bucket = self.buckets.entry(b).or_default();
             let mut e = bucket.entries.remove(pos);
             e.contact = contact;
+            e.subnet = subnet;
             e.last_seen = now;
             e.failures = 0;
             bucket.entries.push(e);
             return InsertOutcome::Updated;
         }
+        if !self.subnet_fits(b, subnet) {
+            return InsertOutcome::SubnetFull;
+        }
+        let bucket = self.buckets.entry(b).or_default();
         if bucket.entries.len() < k {
             bucket.replacements.retain(|c| c.peer != contact.peer);
             bucket.entries.push(Entry {
@@ -124,8 +234,10 @@ impl KBucketTable {
                 key,
                 last_seen: now,
                 failures: 0,
+                subnet,
             });
             self.len += 1;
+            self.count(subnet, true);
             return InsertOutcome::Inserted;
         }
         bucket.replacements.retain(|c| c.peer != contact.peer);
@@ -144,7 +256,7 @@ impl KBucketTable {
     }
 
     /// Records a failed request to `peer`. The peer is removed once it has failed
-    /// `max_failures` times in a row, or at once when a replacement is waiting. Returns
+    /// `max_failures` times in a row (at least twice, whatever `max_failures` says). Returns
     /// whether it was removed.
     pub fn on_failure(&mut self, peer: &PeerId, max_failures: u8) -> bool {
         let key = peer.key();
@@ -160,25 +272,40 @@ impl KBucketTable {
         };
         let e = &mut bucket.entries[pos];
         e.failures = e.failures.saturating_add(1);
-        if e.failures < max_failures && bucket.replacements.is_empty() {
+        if e.failures < max_failures.max(2) {
             return false;
         }
         let removed = bucket.entries.remove(pos);
         self.len -= 1;
-        if let Some(r) = bucket.replacements.pop_back() {
+        self.count(removed.subnet, false);
+        // The most recently seen replacement whose network still fits.
+        while let Some(r) = self
+            .buckets
+            .get_mut(&b)
+            .and_then(|bk| bk.replacements.pop_back())
+        {
+            let subnet = self.subnet_of(&r);
+            if !self.subnet_fits(b, subnet) {
+                continue;
+            }
             let key = r.peer.key();
             // The replacement's own last-seen time was not kept; it enters as an
             // entry dated like the one it replaces, at the head, so it is checked first.
-            bucket.entries.insert(
-                0,
-                Entry {
-                    contact: r,
-                    key,
-                    last_seen: removed.last_seen,
-                    failures: 0,
-                },
-            );
-            self.len += 1;
+            if let Some(bucket) = self.buckets.get_mut(&b) {
+                bucket.entries.insert(
+                    0,
+                    Entry {
+                        contact: r,
+                        key,
+                        last_seen: removed.last_seen,
+                        failures: 0,
+                        subnet,
+                    },
+                );
+                self.len += 1;
+                self.count(subnet, true);
+            }
+            break;
         }
         true
     }
@@ -192,14 +319,14 @@ impl KBucketTable {
         let Some(bucket) = self.buckets.get_mut(&b) else {
             return false;
         };
-        let before = bucket.entries.len();
-        bucket.entries.retain(|e| e.contact.peer != *peer);
         bucket.replacements.retain(|c| c.peer != *peer);
-        let removed = before != bucket.entries.len();
-        if removed {
-            self.len -= 1;
-        }
-        removed
+        let Some(pos) = bucket.entries.iter().position(|e| e.contact.peer == *peer) else {
+            return false;
+        };
+        let e = bucket.entries.remove(pos);
+        self.len -= 1;
+        self.count(e.subnet, false);
+        true
     }
 
     /// Whether `peer` is in the table.
@@ -367,8 +494,11 @@ mod tests {
             }
         );
         assert!(!t.contains(&PeerId::from_bytes(same[2])));
-        // A failure with a replacement waiting evicts at once.
-        assert!(t.on_failure(&PeerId::from_bytes(same[0]), 3));
+        // One failure never evicts, even with a replacement waiting; max_failures do, and the
+        // replacement takes the place.
+        assert!(!t.on_failure(&PeerId::from_bytes(same[0]), 2));
+        assert!(t.contains(&PeerId::from_bytes(same[0])));
+        assert!(t.on_failure(&PeerId::from_bytes(same[0]), 2));
         assert!(t.contains(&PeerId::from_bytes(same[2])));
         assert!(!t.contains(&PeerId::from_bytes(same[0])));
         assert_eq!(t.len(), 2);
@@ -376,5 +506,72 @@ mod tests {
         assert!(!t.on_failure(&PeerId::from_bytes(same[1]), 2));
         assert!(t.on_failure(&PeerId::from_bytes(same[1]), 2));
         assert_eq!(t.len(), 1);
+    }
+
+    /// A contact with id `i` (little-endian in the last bytes, so ids spread over buckets)
+    /// at address `addr`.
+    fn at(i: u32, addr: &str) -> Contact {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        Contact {
+            peer: PeerId::from_bytes(b),
+            addr: Addr::new(addr),
+        }
+    }
+
+    #[test]
+    fn one_network_gets_a_bounded_share_of_the_table() {
+        let now = t0();
+        let limits = SubnetLimits {
+            per_bucket: 2,
+            per_table: 3,
+            limit_private: false,
+        };
+        let mut t = KBucketTable::new(Key([0; 32]), 20, 20, Duration::from_secs(60))
+            .with_subnet_limits(limits);
+        let mut open = KBucketTable::new(Key([0; 32]), 20, 20, Duration::from_secs(60));
+        // 200 Sybils on one /24 against 20 honest peers on networks of their own.
+        let mut sybils_in = 0;
+        for i in 0..200u32 {
+            let c = at(i, &format!("203.0.113.{}:4001", i % 250 + 1));
+            open.insert(c.clone(), now);
+            if t.insert(c, now) == InsertOutcome::Inserted {
+                sybils_in += 1;
+            }
+        }
+        for i in 0..20u32 {
+            let c = at(1000 + i, &format!("198.{}.7.1:4001", 10 + i));
+            open.insert(c.clone(), now);
+            assert_ne!(t.insert(c, now), InsertOutcome::SubnetFull);
+        }
+        assert_eq!(sybils_in, 3, "the /24's share of the whole table");
+        let sybil_share = |t: &KBucketTable| {
+            let n = t
+                .iter()
+                .filter(|e| e.contact.addr.as_str().starts_with("203."))
+                .count();
+            n as f64 / t.len() as f64
+        };
+        // Undefended, the Sybils hold most of the table.
+        assert!(sybil_share(&open) > 0.5, "{}", sybil_share(&open));
+        assert!(sybil_share(&t) < 0.2, "{}", sybil_share(&t));
+        // Loopback is not limited by default (many peers of a test on one machine).
+        let mut local = KBucketTable::new(Key([0; 32]), 20, 20, Duration::from_secs(60))
+            .with_subnet_limits(SubnetLimits::default());
+        for i in 0..30u32 {
+            local.insert(at(i, &format!("127.0.0.1:{}", 4000 + i)), now);
+        }
+        assert!(local.len() > 8);
+        // Removing a Sybil frees its network's place.
+        let first = t
+            .iter()
+            .find(|e| e.contact.addr.as_str().starts_with("203."))
+            .map(|e| e.contact.peer)
+            .expect("a sybil");
+        assert!(t.remove(&first));
+        assert_eq!(
+            t.insert(at(500, "203.0.113.9:1"), now),
+            InsertOutcome::Inserted
+        );
     }
 }

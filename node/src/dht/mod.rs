@@ -7,8 +7,8 @@
 //! `publish`) return a [`QueryId`] that their [`Event`] carries.
 //!
 //! Design choices:
-//! - A request is failed after `request_timeout`; a failed peer is evicted from the table at
-//!   once if a replacement is waiting, else after `max_failures` in a row.
+//! - A request is failed after `request_timeout`; a failed peer is evicted from the table
+//!   after `max_failures` in a row (never after one: see [`kbucket`]).
 //! - Light peers (`server = false`) ask but never answer, and mark their requests
 //!   [`Mode::Client`] so that servers keep them out of routing tables.
 //! - Every record is checked ([`Record::check`]) where it is stored *and* where it is read
@@ -81,6 +81,13 @@ pub struct DhtConfig {
     pub size_samples: usize,
     /// Samples older than this (relative to the newest) are dropped from the size estimate.
     pub size_window: Duration,
+    /// How many peers of one /24 (/48) the routing table takes.
+    pub subnet_limits: kbucket::SubnetLimits,
+    /// Most contacts of one /24 (/48) taken from one answer (0: no limit).
+    pub answer_per_subnet: usize,
+    /// Disjoint paths (S/Kademlia) of a publish's lookup, and of a record search that found
+    /// nothing on one path and tries again (1: never).
+    pub disjoint_paths: usize,
 }
 
 impl Default for DhtConfig {
@@ -105,6 +112,9 @@ impl Default for DhtConfig {
             record_quorum: 3,
             size_samples: 32,
             size_window: Duration::from_secs(300),
+            subnet_limits: kbucket::SubnetLimits::default(),
+            answer_per_subnet: 2,
+            disjoint_paths: 3,
         }
     }
 }
@@ -228,6 +238,8 @@ pub struct DhtStats {
     pub transmits_dropped: u64,
     /// Requests not sent because too many were pending.
     pub requests_dropped: u64,
+    /// Record searches that found nothing and searched again over disjoint paths.
+    pub disjoint_searches: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -278,6 +290,8 @@ enum QueryKind {
     GetRecord {
         best: Option<Record>,
         copies: usize,
+        /// The search again over disjoint paths: the requests of the first search.
+        earlier: Option<usize>,
     },
     PutRecord {
         record: Record,
@@ -363,7 +377,8 @@ impl Dht {
             config.bucket_size,
             config.bucket_size,
             config.stale_after,
-        );
+        )
+        .with_subnet_limits(config.subnet_limits);
         let store = RecordStore::new(config.max_records, config.max_record_ttl);
         Self {
             table,
@@ -407,6 +422,11 @@ impl Dht {
         &self.config
     }
 
+    /// This node's identity (to sign what it announces).
+    pub(crate) fn keypair(&self) -> &Keypair {
+        &self.keypair
+    }
+
     /// The routing table.
     pub fn table(&self) -> &KBucketTable {
         &self.table
@@ -427,10 +447,10 @@ impl Dht {
         self.queries.len()
     }
 
-    /// Whether the size estimate rests on a full refresh round made after joining (the
-    /// bootstrap's own samples describe the network as it was while this node joined).
+    /// Whether the size estimate rests on a full refresh round (the bootstrap lookup's own
+    /// samples are too few to announce).
     pub fn size_estimate_settled(&self) -> bool {
-        self.refresh_rounds_done >= 2
+        self.refresh_rounds_done >= 1
     }
 
     /// The wall clock reads `unix_now` at `now`: re-anchors record times. The monotonic clock
@@ -506,6 +526,7 @@ impl Dht {
             QueryKind::GetRecord {
                 best: None,
                 copies: 0,
+                earlier: None,
             },
         )
     }
@@ -634,7 +655,12 @@ impl Dht {
         }
         let id = self.next_query_id();
         let known = self.table.closest(&target, self.config.k);
-        let iter = ClosestPeersIter::new(target, known, self.config.k, self.config.alpha);
+        let paths = match kind {
+            QueryKind::PutRecord { .. } => self.config.disjoint_paths,
+            _ => 1,
+        };
+        let iter =
+            ClosestPeersIter::disjoint(target, known, self.config.k, self.config.alpha, paths);
         self.queries.insert(
             id,
             Query {
@@ -913,6 +939,20 @@ impl Dht {
         let record_quorum = self.config.record_quorum;
         let local = self.local;
         let k = self.config.k;
+        let (per_subnet, private) = (
+            self.config.answer_per_subnet,
+            self.config.subnet_limits.limit_private,
+        );
+        let mut seen_nets: BTreeMap<crate::record::Subnet, usize> = BTreeMap::new();
+        // At most `per_subnet` contacts of one network from one answer.
+        let mut fits = move |c: &Contact| {
+            let Some(net) = c.addr.subnet(private).filter(|_| per_subnet > 0) else {
+                return true;
+            };
+            let n = seen_nets.entry(net).or_insert(0);
+            *n += 1;
+            *n <= per_subnet
+        };
         let Some(q) = self.queries.get_mut(&id) else {
             return;
         };
@@ -939,10 +979,13 @@ impl Dht {
                 QueryKind::Lookup(_) | QueryKind::PutRecord { storing: None, .. },
                 Response::Nodes { closer },
             ) => {
-                let closer = closer.into_iter().filter(|c| c.peer != local).take(k);
+                let closer = closer
+                    .into_iter()
+                    .filter(|c| c.peer != local && fits(c))
+                    .take(k);
                 q.iter.on_success(&from, closer);
             }
-            (QueryKind::GetRecord { best, copies }, Response::Value { record, closer }) => {
+            (QueryKind::GetRecord { best, copies, .. }, Response::Value { record, closer }) => {
                 let target = *q.iter.target();
                 match record {
                     Some(r) if r.key() == target && r.check(unix, max_ttl).is_ok() => {
@@ -962,7 +1005,10 @@ impl Dht {
                         q.iter.on_failure(&from);
                     }
                     None => {
-                        let closer = closer.into_iter().filter(|c| c.peer != local).take(k);
+                        let closer = closer
+                            .into_iter()
+                            .filter(|c| c.peer != local && fits(c))
+                            .take(k);
                         q.iter.on_success(&from, closer);
                     }
                 }
@@ -1090,7 +1136,49 @@ impl Dht {
             }
         }
         let target = *q.iter.target();
-        let (hops, requests) = q.lookup.unwrap_or((q.iter.hops(), q.iter.requests()));
+        if let QueryKind::GetRecord {
+            best: None,
+            earlier: None,
+            ..
+        } = q.kind
+            && found.is_none()
+            && self.config.disjoint_paths > 1
+        {
+            // Nothing found on one path: search again over disjoint ones, from scratch (a
+            // path that colluders captured cannot reach into the others).
+            self.stats.disjoint_searches += 1;
+            let known = self.table.closest(&target, self.config.k);
+            let iter = ClosestPeersIter::disjoint(
+                target,
+                known,
+                self.config.k,
+                self.config.alpha,
+                self.config.disjoint_paths,
+            );
+            let requests = q.iter.requests();
+            self.queries.insert(
+                id,
+                Query {
+                    kind: QueryKind::GetRecord {
+                        best: None,
+                        copies: 0,
+                        earlier: Some(requests),
+                    },
+                    iter,
+                    started: q.started,
+                    lookup: None,
+                },
+            );
+            self.advance(now, id);
+            return;
+        }
+        let (hops, mut requests) = q.lookup.unwrap_or((q.iter.hops(), q.iter.requests()));
+        if let QueryKind::GetRecord {
+            earlier: Some(e), ..
+        } = q.kind
+        {
+            requests += e;
+        }
         let mut stats = QueryStats {
             hops,
             requests,

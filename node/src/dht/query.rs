@@ -9,6 +9,14 @@
 //!
 //! Each peer remembers its *hop*: peers from the local table are hop 1, a peer named by a
 //! hop-h peer is hop h+1. The hop of the closest answering peer is the lookup's path length.
+//!
+//! **Disjoint paths** (S/Kademlia, Baumgart and Mies 2007): [`ClosestPeersIter::disjoint`]
+//! splits the starting peers over `d` paths; a peer named in an answer joins the path of the
+//! peer that named it, unless another path found it first, so no peer is asked by two paths.
+//! Each path keeps its own `α` requests in flight and ends on its own terms; the lookup ends
+//! when every path has. Adversaries that capture one path (answering with colluders and
+//! fabricated contacts) cannot reach into the others, so an honest path still finds the honest
+//! peers nearest the target as long as one of the `d` starting sets leads to them.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +36,7 @@ struct Peer {
     contact: Contact,
     state: PeerState,
     hop: u8,
+    path: u8,
 }
 
 /// What the lookup wants next.
@@ -42,6 +51,12 @@ pub enum Next {
     Finished,
 }
 
+enum PathStep {
+    Contact(Distance),
+    Wait,
+    Done,
+}
+
 /// An iterative Kademlia lookup towards a target key.
 #[derive(Clone, Debug)]
 pub struct ClosestPeersIter {
@@ -52,9 +67,12 @@ pub struct ClosestPeersIter {
     peers: BTreeMap<Distance, Peer>,
     /// Distance of each peer, for the `on_*` calls.
     index: BTreeMap<PeerId, Distance>,
-    in_flight: usize,
+    /// Requests in flight, per path.
+    in_flight: Vec<usize>,
     requests: usize,
     max_peers: usize,
+    /// The path the next request is tried on first (round robin).
+    turn: usize,
 }
 
 impl ClosestPeersIter {
@@ -66,21 +84,43 @@ impl ClosestPeersIter {
         k: usize,
         alpha: usize,
     ) -> Self {
+        Self::disjoint(target, known, k, alpha, 1)
+    }
+
+    /// A lookup over `paths` disjoint paths (see the module docs): `known` is dealt out to
+    /// them in turn, nearest first.
+    pub fn disjoint(
+        target: Key,
+        known: impl IntoIterator<Item = Contact>,
+        k: usize,
+        alpha: usize,
+        paths: usize,
+    ) -> Self {
+        let paths = paths.clamp(1, usize::from(u8::MAX));
         let mut it = Self {
             target,
             k: k.max(1),
             alpha: alpha.max(1),
             peers: BTreeMap::new(),
             index: BTreeMap::new(),
-            in_flight: 0,
+            in_flight: vec![0; paths],
             requests: 0,
             // Bound the candidate set: far peers beyond this many are never needed.
-            max_peers: k.max(1) * 8,
+            max_peers: k.max(1) * 8 * paths,
+            turn: 0,
         };
-        for c in known {
-            it.add(c, 1);
+        let mut known: Vec<Contact> = known.into_iter().collect();
+        known.sort_by_key(|c| c.peer.key().distance(&target));
+        known.dedup_by(|a, b| a.peer == b.peer);
+        for (i, c) in known.into_iter().enumerate() {
+            it.add(c, 1, (i % paths) as u8);
         }
         it
+    }
+
+    /// How many disjoint paths the lookup runs.
+    pub fn paths(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// The key looked up.
@@ -93,7 +133,7 @@ impl ClosestPeersIter {
         self.requests
     }
 
-    fn add(&mut self, contact: Contact, hop: u8) {
+    fn add(&mut self, contact: Contact, hop: u8, path: u8) {
         if self.index.contains_key(&contact.peer) {
             return;
         }
@@ -122,6 +162,7 @@ impl ClosestPeersIter {
                 contact,
                 state: PeerState::NotContacted,
                 hop,
+                path,
             },
         );
     }
@@ -138,10 +179,10 @@ impl ClosestPeersIter {
             return;
         }
         p.state = PeerState::Succeeded;
-        let hop = p.hop.saturating_add(1);
-        self.in_flight -= 1;
+        let (hop, path) = (p.hop.saturating_add(1), p.path);
+        self.in_flight[usize::from(path)] -= 1;
         for c in closer {
-            self.add(c, hop);
+            self.add(c, hop, path);
         }
     }
 
@@ -154,7 +195,7 @@ impl ClosestPeersIter {
             && p.state == PeerState::Waiting
         {
             p.state = PeerState::Failed;
-            self.in_flight -= 1;
+            self.in_flight[usize::from(p.path)] -= 1;
         }
     }
 
@@ -168,52 +209,70 @@ impl ClosestPeersIter {
 
     /// What to do now. Call repeatedly until it returns `Wait` or `Finished`.
     pub fn next_step(&mut self) -> Next {
+        let paths = self.in_flight.len();
+        let mut waiting = false;
+        for i in 0..paths {
+            let path = (self.turn + i) % paths;
+            match self.path_step(path) {
+                PathStep::Contact(d) => {
+                    self.turn = (path + 1) % paths;
+                    let Some(p) = self.peers.get_mut(&d) else {
+                        continue;
+                    };
+                    p.state = PeerState::Waiting;
+                    self.in_flight[path] += 1;
+                    self.requests += 1;
+                    return Next::Contact(p.contact.clone());
+                }
+                PathStep::Wait => waiting = true,
+                PathStep::Done => {}
+            }
+        }
+        if waiting { Next::Wait } else { Next::Finished }
+    }
+
+    /// Where path `path` stands: its `k` closest peers (failed ones skipped) have answered
+    /// (done, once nothing of it is in flight), or the next of them to ask, or wait.
+    fn path_step(&self, path: usize) -> PathStep {
         let mut succeeded = 0;
         let mut waiting = false;
-        for p in self.peers.values_mut() {
+        for (d, p) in self
+            .peers
+            .iter()
+            .filter(|(_, p)| usize::from(p.path) == path)
+        {
             match p.state {
                 PeerState::Succeeded => {
                     succeeded += 1;
                     if succeeded >= self.k {
-                        return if waiting { Next::Wait } else { Next::Finished };
+                        // Farther requests still in flight cannot change the result.
+                        return if waiting {
+                            PathStep::Wait
+                        } else {
+                            PathStep::Done
+                        };
                     }
                 }
                 PeerState::Failed => {}
                 PeerState::Waiting => waiting = true,
                 PeerState::NotContacted => {
-                    if self.in_flight >= self.alpha {
-                        return Next::Wait;
+                    if self.in_flight[path] >= self.alpha {
+                        return PathStep::Wait;
                     }
-                    p.state = PeerState::Waiting;
-                    self.in_flight += 1;
-                    self.requests += 1;
-                    return Next::Contact(p.contact.clone());
+                    return PathStep::Contact(*d);
                 }
             }
         }
-        if self.in_flight > 0 {
-            Next::Wait
+        if self.in_flight[path] > 0 {
+            PathStep::Wait
         } else {
-            Next::Finished
+            PathStep::Done
         }
     }
 
     /// Whether the lookup is finished (without starting any request).
     pub fn is_finished(&self) -> bool {
-        let mut succeeded = 0;
-        for p in self.peers.values() {
-            match p.state {
-                PeerState::Succeeded => {
-                    succeeded += 1;
-                    if succeeded >= self.k {
-                        return true;
-                    }
-                }
-                PeerState::Failed => {}
-                PeerState::Waiting | PeerState::NotContacted => return false,
-            }
-        }
-        self.in_flight == 0
+        (0..self.in_flight.len()).all(|p| matches!(self.path_step(p), PathStep::Done))
     }
 
     /// Path length so far: the hop of the closest peer that answered (0 if none did).
@@ -363,5 +422,111 @@ mod tests {
         }
         assert_eq!(n, 7);
         assert!(it.into_result().is_empty());
+    }
+
+    /// A static network of `n` peers (tables as in `static_lookup`) where the peers `bad`
+    /// answer every request with the bad peers nearest the target (an eclipse), and the lookup
+    /// starts from `start` known peers. Returns how many of the `k` honest peers nearest the
+    /// target the lookup found.
+    fn eclipsed_lookup(n: u32, bad: &[u32], start: &[u32], paths: usize, seed: u64) -> usize {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        let k = 20;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let all: Vec<Contact> = (0..n).map(contact).collect();
+        let target = Key::hash(&seed.to_be_bytes());
+        let tables: Vec<KBucketTable> = all
+            .iter()
+            .map(|me| {
+                let mut t = KBucketTable::new(me.peer.key(), 20, 0, Duration::from_secs(60));
+                let mut shuffled = all.clone();
+                shuffled.shuffle(&mut rng);
+                for c in shuffled {
+                    t.insert(c, now);
+                }
+                t
+            })
+            .collect();
+        let mut colluders: Vec<Contact> = bad.iter().map(|&i| contact(i)).collect();
+        colluders.sort_by_key(|c| c.peer.key().distance(&target));
+        colluders.truncate(k);
+        let idx = |c: &Contact| c.addr.as_str().parse::<u32>().expect("test addr");
+        let mut it =
+            ClosestPeersIter::disjoint(target, start.iter().map(|&i| contact(i)), k, 3, paths);
+        let mut pending = Vec::new();
+        loop {
+            match it.next_step() {
+                Next::Contact(c) => pending.push(c),
+                Next::Wait => {
+                    let c = pending.remove(0);
+                    let i = idx(&c);
+                    if bad.contains(&i) {
+                        it.on_success(&c.peer, colluders.clone());
+                    } else {
+                        it.on_success(&c.peer, tables[i as usize].closest(&target, k));
+                    }
+                }
+                Next::Finished => break,
+            }
+        }
+        let got: Vec<PeerId> = it.into_result().into_iter().map(|c| c.peer).collect();
+        let mut honest: Vec<&Contact> = all.iter().filter(|c| !bad.contains(&idx(c))).collect();
+        honest.sort_by_key(|c| c.peer.key().distance(&target));
+        // The honest peers nearest the target: the result should hold the nearest of them.
+        honest
+            .iter()
+            .take(3)
+            .filter(|c| got.contains(&c.peer))
+            .count()
+    }
+
+    #[test]
+    fn disjoint_paths_find_the_honest_closest_through_an_eclipse() {
+        // 300 peers, 30 % colluding (answering with colluders only); a lookup starts from 6
+        // known peers, 2 of them bad.
+        let (mut single, mut disjoint, runs) = (0, 0, 40);
+        for seed in 0..runs {
+            let bad: Vec<u32> = (0..300).filter(|i| (i * 7 + seed) % 10 < 3).collect();
+            let good: Vec<u32> = (0..300).filter(|i| !bad.contains(i)).collect();
+            let start = [bad[0], good[0], bad[1], good[1], good[2], good[3]];
+            if eclipsed_lookup(300, &bad, &start, 1, u64::from(seed)) == 3 {
+                single += 1;
+            }
+            if eclipsed_lookup(300, &bad, &start, 3, u64::from(seed)) == 3 {
+                disjoint += 1;
+            }
+        }
+        // Colluders spread over the key space cannot hide the honest peers nearest a target
+        // from Kademlia (honest answers name them, and the lookup ends only when the k nearest
+        // answered); three disjoint paths, each asking different peers, find them too.
+        assert_eq!(single, runs, "single path: {single}/{runs}");
+        assert_eq!(disjoint, runs, "disjoint paths: {disjoint}/{runs}");
+    }
+
+    #[test]
+    fn disjoint_paths_never_ask_a_peer_twice_and_each_path_ends() {
+        let target = Key::hash(b"target");
+        let known: Vec<Contact> = (0..9).map(contact).collect();
+        let mut it = ClosestPeersIter::disjoint(target, known, 4, 2, 3);
+        assert_eq!(it.paths(), 3);
+        let mut asked = std::collections::BTreeSet::new();
+        let mut n = 100u32;
+        loop {
+            match it.next_step() {
+                Next::Contact(c) => {
+                    assert!(asked.insert(c.peer), "asked twice: {c:?}");
+                    // Everyone names two new peers and one already known.
+                    let named = vec![contact(n), contact(n + 1), contact(0)];
+                    n += 2;
+                    it.on_success(&c.peer, named);
+                }
+                Next::Wait => unreachable!("answers are immediate"),
+                Next::Finished => break,
+            }
+        }
+        assert!(it.is_finished());
+        // Each path asked at least its own k nearest: more than one path's worth.
+        assert!(asked.len() >= 3 * 4, "{} asked", asked.len());
+        assert_eq!(it.into_result().len(), 4);
     }
 }

@@ -23,6 +23,7 @@
 //! another route — until `max_attempts` or the request's overall deadline.
 
 pub mod score;
+pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -52,8 +53,11 @@ pub struct RouterConfig {
     pub multi_hop_relays: usize,
     /// Most requests in flight.
     pub max_requests: usize,
-    /// Most end-to-end sessions and handshakes held (as a service).
+    /// Most end-to-end handshakes, and most sessions, held (as a service).
     pub max_sessions: usize,
+    /// Most of them charged to one neighbour (the hop a frame arrived from), so a handshake
+    /// flood through one neighbour pushes out only that neighbour's own.
+    pub max_sessions_per_neighbour: usize,
     /// Most frames relayed per second; more are dropped and counted.
     pub max_relayed_per_s: u32,
     /// Most relays whose trust is remembered.
@@ -70,10 +74,11 @@ impl Default for RouterConfig {
             relay: true,
             attempt_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
-            max_attempts: 5,
+            max_attempts: 8,
             multi_hop_relays: 2,
             max_requests: 256,
             max_sessions: 1024,
+            max_sessions_per_neighbour: 64,
             max_relayed_per_s: 5000,
             max_trust_entries: 4096,
             max_circuits: 256,
@@ -170,6 +175,51 @@ pub enum RouteError {
 /// end-to-end handshake around it.
 pub const MAX_REQUEST_BODY: usize = MAX_ROUTE_DATA - 256;
 
+/// How long one phase of an attempt (handshake, or request) through `relays` may take: when
+/// the coordinates of every hop are known, twice the predicted round trip plus a margin, so a
+/// route through a relay that drops is given up on soon and another tried within the
+/// request's deadline; `attempt_timeout` (also the most) otherwise.
+fn phase_timeout(
+    config: &RouterConfig,
+    candidates: &[Candidate],
+    own: Option<Coordinates>,
+    service: Option<Coordinates>,
+    relays: &[Contact],
+) -> Duration {
+    let max = config.attempt_timeout;
+    let coords = |peer: &PeerId| {
+        candidates
+            .iter()
+            .find(|c| c.contact.peer == *peer)
+            .and_then(|c| c.coords)
+    };
+    let (Some(own), Some(service)) = (own, service) else {
+        return max;
+    };
+    let mut hops = vec![own];
+    for r in relays {
+        match coords(&r.peer) {
+            Some(c) => hops.push(c),
+            None => return max,
+        }
+    }
+    hops.push(service);
+    let rtt_ms: f64 = hops
+        .windows(2)
+        .map(|w| score::predict_ms(&w[0], &w[1]))
+        .sum();
+    let t = Duration::from_secs_f64((2.0 * rtt_ms + PHASE_MARGIN_MS) / 1000.0);
+    t.clamp(MIN_PHASE_TIMEOUT.min(max), max)
+}
+
+/// Added to twice the predicted round trip of a phase (queueing, the service's own work).
+const PHASE_MARGIN_MS: f64 = 250.0;
+/// The shortest phase timeout, whatever the prediction.
+const MIN_PHASE_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Most relay checks this node runs for others at once.
+const MAX_CHECKS_FOR: usize = 16;
+
 /// Where the handshake keys of a real node come from: the operating system's RNG, handed in by
 /// the driver ([`Router::set_handshake_entropy`]). The core itself never reads it.
 pub type Entropy = Box<dyn RngCore + Send>;
@@ -195,6 +245,10 @@ pub struct RouterStats {
     pub circuits_admitted: u64,
     /// Stream circuits refused (not a relay, or at `max_circuits`).
     pub circuits_refused: u64,
+    /// Requests refused, or answers not sent, because they would have crossed relays in clear.
+    pub plaintext_refused: u64,
+    /// Handshakes and sessions pushed out of their tables to make room.
+    pub sessions_evicted: u64,
 }
 
 /// What travels in a route frame's `data`.
@@ -214,6 +268,23 @@ enum RouteData {
     Punch,
     /// Hole punch probe, sent directly in both directions; opens the NATs' mappings.
     Probe,
+    /// Relay check, service → helper, directly: "send me a request through `relay`, with
+    /// `nonce` as its body, and tell me when its answer came back".
+    CheckFor {
+        /// The relay to check.
+        relay: Contact,
+        /// The service's own endpoint.
+        service: Contact,
+        /// The service's end-to-end key.
+        noise_key: [u8; 32],
+        /// The check's nonce.
+        nonce: u64,
+    },
+    /// Relay check, helper → service, directly: the answer to `nonce` came back.
+    Checked {
+        /// The check's nonce.
+        nonce: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -260,6 +331,15 @@ struct Outgoing {
     current: Option<Attempt>,
     /// A hole punch for this request was tried and did not work.
     punch_failed: bool,
+    /// A relay check run for a service: the one route to take, and whom to tell.
+    check_for: Option<CheckFor>,
+}
+
+/// A relay check this node runs as a helper.
+struct CheckFor {
+    relay: Contact,
+    service: Contact,
+    nonce: u64,
 }
 
 /// The routing state machine: see the module docs.
@@ -274,10 +354,10 @@ pub struct Router {
     next_request: u64,
     requests: BTreeMap<RequestId, Outgoing>,
     routes: BTreeMap<u64, RequestId>,
-    handshakes: BTreeMap<(PeerId, u64), PendingResponder>,
-    sessions: BTreeMap<(PeerId, u64), Session>,
-    /// Insertion order of `handshakes` and `sessions` keys, for eviction.
-    session_order: VecDeque<(PeerId, u64)>,
+    /// Handshakes waiting for message 3, by (client, route).
+    handshakes: table::FairTable<(PeerId, u64), PendingResponder>,
+    /// Sessions waiting for the service's answer (each carries one request and its answer).
+    sessions: table::FairTable<(PeerId, u64), Session>,
     trust: BTreeMap<PeerId, Trust>,
     /// Services behind a NAT that a hole punch reached (bounded).
     punched: BTreeSet<PeerId>,
@@ -309,6 +389,7 @@ impl Router {
         now: Instant,
     ) -> Self {
         let cap = config.max_queued_transmits;
+        let (sessions, per_neighbour) = (config.max_sessions, config.max_sessions_per_neighbour);
         Self {
             config,
             local,
@@ -318,9 +399,8 @@ impl Router {
             next_request: 1,
             requests: BTreeMap::new(),
             routes: BTreeMap::new(),
-            handshakes: BTreeMap::new(),
-            sessions: BTreeMap::new(),
-            session_order: VecDeque::new(),
+            handshakes: table::FairTable::new(sessions, per_neighbour),
+            sessions: table::FairTable::new(sessions, per_neighbour),
             trust: BTreeMap::new(),
             punched: BTreeSet::new(),
             relay_checks: BTreeMap::new(),
@@ -339,6 +419,7 @@ impl Router {
     pub fn stats(&self) -> RouterStats {
         RouterStats {
             transmits_dropped: self.transmits.dropped,
+            sessions_evicted: self.handshakes.evicted() + self.sessions.evicted(),
             ..self.stats.clone()
         }
     }
@@ -518,31 +599,92 @@ impl Router {
                 deadline: now + self.config.request_timeout,
                 current: None,
                 punch_failed: false,
+                check_for: None,
             },
         );
         self.attempt(now, id);
         Ok(id)
     }
 
-    /// Checks that `relay` forwards: sends a probe through it to ourselves (`me`). A node
-    /// behind a NAT uses this to keep only relays that work in its service record (a relay
-    /// can answer pings and still drop what it should forward).
-    pub fn check_relay(&mut self, now: Instant, relay: Contact, me: Contact) {
-        let route = self.rng.next_u64();
-        let Some(data) = encode(&RouteData::Probe) else {
+    /// Checks that `relay` forwards, for a service behind a NAT (`me`, whose end-to-end key
+    /// is this router's): asks each of `helpers` (other peers, reached directly) to send an
+    /// ordinary end-to-end request to `me` through `relay` and to say when the answer came
+    /// back. To the relay a check is one more client's request — handshake, sealed request,
+    /// sealed answer, from a peer that is not the service — so a relay that forwards only what
+    /// looks like a check cannot tell. The check passes if any helper confirms within
+    /// `attempt_timeout` × 3 (a helper that lies or is lost costs the check only with all of
+    /// them); [`RouteEvent::RelayChecked`] tells the outcome.
+    pub fn check_relay(&mut self, now: Instant, relay: Contact, me: Contact, helpers: &[Contact]) {
+        let helpers: Vec<&Contact> = helpers
+            .iter()
+            .filter(|h| h.peer != relay.peer && h.peer != self.local)
+            .collect();
+        if helpers.is_empty() {
             return;
-        };
+        }
+        let nonce = self.rng.next_u64();
+        let noise_key = self.static_key.public();
         self.relay_checks
-            .insert(route, (relay.peer, now + self.config.attempt_timeout));
-        self.transmits.push((
-            relay,
-            RouteMessage::Forward {
-                route,
-                ahead: vec![me],
-                behind: vec![],
-                data,
+            .insert(nonce, (relay.peer, now + self.config.attempt_timeout * 3));
+        for h in helpers {
+            let ask = RouteData::CheckFor {
+                relay: relay.clone(),
+                service: me.clone(),
+                noise_key,
+                nonce,
+            };
+            if let Some(data) = encode(&ask) {
+                let route = self.rng.next_u64();
+                self.send_forward(route, &[], h, data);
+            }
+        }
+    }
+
+    fn is_own_check(&self, body: &[u8]) -> bool {
+        <[u8; 8]>::try_from(body)
+            .is_ok_and(|b| self.relay_checks.contains_key(&u64::from_be_bytes(b)))
+    }
+
+    /// As a helper: runs the relay check a service asked for (see [`Router::check_relay`]).
+    fn check_for(&mut self, now: Instant, from: &Contact, check: CheckFor, noise_key: [u8; 32]) {
+        if check.service.peer != from.peer
+            || self.requests.len() >= self.config.max_requests
+            || self
+                .requests
+                .values()
+                .filter(|o| o.check_for.is_some())
+                .count()
+                >= MAX_CHECKS_FOR
+        {
+            return;
+        }
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        let target = Target {
+            contact: check.service.clone(),
+            noise_key: Some(noise_key),
+            coords: None,
+            relays: vec![check.relay.clone()],
+            reachable: false,
+        };
+        self.requests.insert(
+            id,
+            Outgoing {
+                target,
+                strategy: Strategy::Direct,
+                body: check.nonce.to_be_bytes().to_vec(),
+                candidates: vec![],
+                own_coords: None,
+                excluded: BTreeSet::new(),
+                // One attempt, through the relay under check, no hole punch.
+                attempts: self.config.max_attempts.saturating_sub(1),
+                deadline: now + self.config.attempt_timeout * 2,
+                current: None,
+                punch_failed: true,
+                check_for: Some(check),
             },
-        ));
+        );
+        self.attempt(now, id);
     }
 
     /// Answers a request this node received as a service.
@@ -551,8 +693,8 @@ impl Router {
             id: reply.request,
             body,
         };
-        let data = match self.sessions.get_mut(&(reply.client, reply.route)) {
-            Some(session) => {
+        let data = match self.sessions.remove(&(reply.client, reply.route)) {
+            Some(mut session) => {
                 let Some(plain) = encode(&payload) else {
                     return;
                 };
@@ -561,7 +703,12 @@ impl Router {
                     Err(_) => return,
                 }
             }
-            None => RouteData::Plain(payload),
+            // In clear only straight back to the client: never through relays.
+            None if reply.back.len() <= 1 => RouteData::Plain(payload),
+            None => {
+                self.stats.plaintext_refused += 1;
+                return;
+            }
         };
         let Some(data) = encode(&data) else { return };
         self.send_backward(reply.route, reply.back.into_iter().rev().collect(), data);
@@ -577,8 +724,13 @@ impl Router {
         }
         if out.attempts >= self.config.max_attempts || now >= out.deadline {
             let attempts = out.attempts;
-            self.requests.remove(&id);
-            self.events.push_back(RouteEvent::Failed { id, attempts });
+            if self
+                .requests
+                .remove(&id)
+                .is_some_and(|o| o.check_for.is_none())
+            {
+                self.events.push_back(RouteEvent::Failed { id, attempts });
+            }
             return;
         }
         out.attempts += 1;
@@ -586,7 +738,9 @@ impl Router {
         // A service behind a NAT: a hole punch first (unless one failed for this request),
         // direct once punched, otherwise through one of the relays it keeps open.
         let mut punch = false;
-        let relays = if out.target.reachable || self.punched.contains(&service) {
+        let relays = if let Some(c) = &out.check_for {
+            vec![c.relay.clone()]
+        } else if out.target.reachable || self.punched.contains(&service) {
             score::choose(
                 if out.target.reachable {
                     out.strategy
@@ -617,7 +771,14 @@ impl Router {
             pick.into_iter().collect()
         };
         let route = self.rng.next_u64();
-        let deadline = (now + self.config.attempt_timeout).min(out.deadline);
+        let timeout = phase_timeout(
+            &self.config,
+            &out.candidates,
+            out.own_coords,
+            out.target.coords,
+            &relays,
+        );
+        let deadline = (now + timeout).min(out.deadline);
         let (phase, data) = if punch {
             // Our own probe opens our mapping; the Punch through the relay asks the service
             // to probe us, which opens its own.
@@ -804,18 +965,11 @@ impl Router {
         }
     }
 
-    fn remember(&mut self, key: (PeerId, u64)) {
-        self.session_order.push_back(key);
-        while self.session_order.len() > self.config.max_sessions {
-            if let Some(old) = self.session_order.pop_front() {
-                self.handshakes.remove(&old);
-                self.sessions.remove(&old);
-            }
-        }
-    }
-
     fn at_service(&mut self, now: Instant, route: u64, behind: Vec<Contact>, data: &[u8]) {
-        let Some(client) = behind.first().map(|c| c.peer) else {
+        let (Some(client), Some(neighbour)) = (
+            behind.first().map(|c| c.peer),
+            behind.last().map(|c| c.peer),
+        ) else {
             return;
         };
         let Ok(data) = postcard::from_bytes::<RouteData>(data) else {
@@ -830,6 +984,10 @@ impl Router {
             request,
         };
         match data {
+            RouteData::Plain(Payload::Request { .. }) if behind.len() > 1 => {
+                // Through relays a request is sealed end to end, or it is not taken.
+                self.stats.plaintext_refused += 1;
+            }
             RouteData::Plain(Payload::Request { id, body }) => {
                 self.events.push_back(RouteEvent::Request {
                     reply: reply(id),
@@ -840,8 +998,7 @@ impl Router {
                 let seed = self.handshake_seed();
                 match Responder::new(&self.static_key, seed).respond(&msg1) {
                     Ok((pending, msg2)) => {
-                        self.handshakes.insert(key, pending);
-                        self.remember(key);
+                        self.handshakes.insert(key, pending, neighbour);
                         if let Some(data) = encode(&RouteData::HelloAck(msg2)) {
                             let path: Vec<Contact> = behind.iter().rev().cloned().collect();
                             self.send_backward(route, path, data);
@@ -857,13 +1014,19 @@ impl Router {
                 };
                 match pending.finish(&msg3) {
                     Ok((session, first)) => {
-                        self.sessions.insert(key, session);
+                        self.sessions.insert(key, session, neighbour);
                         match postcard::from_bytes::<Payload>(&first) {
                             Ok(Payload::Request { id, body }) => {
-                                self.events.push_back(RouteEvent::Request {
-                                    reply: reply(id),
-                                    body,
-                                });
+                                if self.is_own_check(&body) {
+                                    // A helper's request for one of our relay checks: answer
+                                    // it like any other, the helper confirms the answer.
+                                    self.respond(now, reply(id), body);
+                                } else {
+                                    self.events.push_back(RouteEvent::Request {
+                                        reply: reply(id),
+                                        body,
+                                    });
+                                }
                             }
                             _ => self.stats.bad_frames += 1,
                         }
@@ -884,14 +1047,28 @@ impl Router {
                     ));
                 }
             }
-            RouteData::Probe => {
-                if let Some((relay, _)) = self.relay_checks.remove(&route) {
+            RouteData::Probe => self.punch_answered(now, route),
+            RouteData::CheckFor {
+                relay,
+                service,
+                noise_key,
+                nonce,
+            } if behind.len() == 1 => {
+                let from = behind[0].clone();
+                let check = CheckFor {
+                    relay,
+                    service,
+                    nonce,
+                };
+                self.check_for(now, &from, check, noise_key);
+            }
+            RouteData::Checked { nonce } if behind.len() == 1 => {
+                if let Some((relay, _)) = self.relay_checks.remove(&nonce) {
                     self.events
                         .push_back(RouteEvent::RelayChecked { relay, ok: true });
-                } else {
-                    self.punch_answered(now, route);
                 }
             }
+            RouteData::CheckFor { .. } | RouteData::Checked { .. } => self.stats.bad_frames += 1,
             RouteData::Sealed(_)
             | RouteData::HelloAck(_)
             | RouteData::Plain(Payload::Response { .. }) => self.stats.bad_frames += 1,
@@ -967,7 +1144,14 @@ impl Router {
                         attempt.phase = Phase::Open(Box::new(session));
                         attempt.sent = now;
                         // Each phase of an attempt (handshake, request) gets its own timeout.
-                        attempt.deadline = (now + self.config.attempt_timeout).min(out.deadline);
+                        let timeout = phase_timeout(
+                            &self.config,
+                            &out.candidates,
+                            out.own_coords,
+                            out.target.coords,
+                            &attempt.relays,
+                        );
+                        attempt.deadline = (now + timeout).min(out.deadline);
                         if let Some(data) = encode(&RouteData::Finish(msg3)) {
                             let relays = attempt.relays.clone();
                             let target = out.target.contact.clone();
@@ -1004,6 +1188,16 @@ impl Router {
             let t = self.trust.entry(r.peer).or_default();
             t.on_success();
             t.load = t.load.saturating_sub(1);
+        }
+        if let Some(check) = out.check_for {
+            // A relay check run for a service: tell it the answer came back.
+            if body == check.nonce.to_be_bytes()
+                && let Some(data) = encode(&RouteData::Checked { nonce: check.nonce })
+            {
+                let route = self.rng.next_u64();
+                self.send_forward(route, &[], &check.service, data);
+            }
+            return;
         }
         self.events.push_back(RouteEvent::Response {
             id,
@@ -1119,4 +1313,123 @@ pub fn static_key_for(identity_secret: &[u8; 32]) -> StaticKey {
     h.update(b"beam/e2e-static/v1");
     h.update(identity_secret);
     StaticKey::from_secret(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::disallowed_methods)]
+    use super::*;
+    use crate::record::Addr;
+
+    fn contact(i: u8) -> Contact {
+        Contact {
+            peer: PeerId::from_bytes([i; 32]),
+            addr: Addr::new(format!("10.0.0.{i}:1")),
+        }
+    }
+
+    #[test]
+    fn nothing_crosses_relays_in_clear() {
+        let now = Instant::now();
+        let mut service = Router::new(
+            RouterConfig::default(),
+            contact(9).peer,
+            static_key_for(&[9; 32]),
+            1,
+            now,
+        );
+        let plain = encode(&RouteData::Plain(Payload::Request {
+            id: 1,
+            body: b"hi".to_vec(),
+        }))
+        .expect("encodes");
+        // Straight from the client: taken (the transport's own encryption is end to end).
+        service.handle_message(
+            now,
+            contact(1),
+            RouteMessage::Forward {
+                route: 7,
+                ahead: vec![],
+                behind: vec![],
+                data: plain.clone(),
+            },
+        );
+        let Some(RouteEvent::Request { reply, .. }) = service.poll_event() else {
+            panic!("a direct plaintext request is taken");
+        };
+        // Through a relay (the relay appended the client; we heard it from the relay): refused.
+        service.handle_message(
+            now,
+            contact(2),
+            RouteMessage::Forward {
+                route: 8,
+                ahead: vec![],
+                behind: vec![contact(1)],
+                data: plain,
+            },
+        );
+        assert!(
+            service.poll_event().is_none(),
+            "a relayed plaintext request was taken"
+        );
+        assert_eq!(service.stats().plaintext_refused, 1);
+        // An answer with no session goes back only straight to the client, never via relays.
+        service.respond(now, reply.clone(), b"ok".to_vec());
+        assert!(service.poll_transmit().is_some());
+        let relayed = ReplyTo {
+            back: vec![contact(1), contact(2)],
+            ..reply
+        };
+        service.respond(now, relayed, b"ok".to_vec());
+        assert!(
+            service.poll_transmit().is_none(),
+            "an answer crossed a relay in clear"
+        );
+        assert_eq!(service.stats().plaintext_refused, 2);
+    }
+
+    #[test]
+    fn a_handshake_flood_through_one_relay_leaves_other_clients_their_handshakes() {
+        let now = Instant::now();
+        let config = RouterConfig {
+            max_sessions: 256,
+            max_sessions_per_neighbour: 16,
+            ..RouterConfig::default()
+        };
+        let mut service = Router::new(config, contact(9).peer, static_key_for(&[9; 32]), 1, now);
+        let key = service.static_key.public();
+        let hello = |seed: u8| {
+            let (init, msg1) =
+                Initiator::start(&static_key_for(&[seed; 32]), &key, [seed; 32]).expect("start");
+            (init, encode(&RouteData::Hello(msg1)).expect("encodes"))
+        };
+        // An honest client's handshake through relay 2, then 5,000 through relay 3.
+        let (_init, msg) = hello(1);
+        service.handle_message(
+            now,
+            contact(2),
+            RouteMessage::Forward {
+                route: 1,
+                ahead: vec![],
+                behind: vec![contact(1)],
+                data: msg,
+            },
+        );
+        for i in 0..5000u64 {
+            let (_, msg) = hello(5);
+            service.handle_message(
+                now,
+                contact(3),
+                RouteMessage::Forward {
+                    route: 1000 + i,
+                    ahead: vec![],
+                    behind: vec![contact(4)],
+                    data: msg,
+                },
+            );
+        }
+        assert!(service.handshakes.get_mut(&(contact(1).peer, 1)).is_some());
+        assert!(service.handshakes.len() <= 17);
+        assert!(service.stats().sessions_evicted >= 5000 - 16);
+    }
 }
