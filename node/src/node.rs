@@ -222,9 +222,9 @@ const RELAY_TIME_OUT: Duration = Duration::from_secs(300);
 const RELAY_TIME_OUT_MAX: Duration = Duration::from_secs(4 * 3600);
 /// Most peers whose coordinates are remembered.
 const MAX_POSITIONS: usize = 4096;
-/// How often a node asks the health lottery whether it announces this minute (it announces
-/// at most once a minute; see [`crate::health`]).
-pub const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+/// How often a node asks the health lottery whether it announces this minute (see
+/// [`crate::health`]).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the gossip peer set is refreshed from the routing table.
 const GOSSIP_SYNC: Duration = Duration::from_secs(10);
 /// A node forwards at most this many times the network's rate of new health announcements.

@@ -1174,10 +1174,7 @@ fn health_announcements_are_counted_and_a_forged_flood_is_not() {
 /// The simulator's probe-forwarding dropper (sim/src/peer.rs, `drop-relayed`) as a meddler:
 /// `relay` forwards what looks like a relay check of old — a frame addressed back to its
 /// sender, or a tiny one — and drops every other frame it should relay.
-fn probe_forwarding_dropper(
-    relay: usize,
-    ids: Vec<PeerId>,
-) -> Meddler {
+fn probe_forwarding_dropper(relay: usize, ids: Vec<PeerId>) -> Meddler {
     use crate::wire::{Message, RouteMessage};
     Box::new(move |from, to, msg| match msg {
         Message::Route(RouteMessage::Forward { ahead, data, .. })
