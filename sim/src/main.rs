@@ -23,9 +23,10 @@ use sim::{gate, latency, run};
     args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  cargo run --release -p sim -- scenarios/100-peers.toml\n  \
                   cargo run --release -p sim -- scenarios/*-peers.toml --strategy direct --strategy geographic --out reports/scaling.csv\n  \
-                  cargo run --release -p sim -- gate scenarios/ci reports/baseline.csv\n  \
+                  cargo run --release -p sim -- gate scenarios/ci reports/baseline.csv -j 2\n  \
                   cargo run --release -p sim -- latency 38.9,-77.0 53.3,-6.3\n\n\
-                  BEAM_SIM_DEBUG=1 lists every failed request on stderr (client, service, NAT, lookup)."
+                  BEAM_SIM_DEBUG=1 lists every failed request on stderr (client, service, NAT, lookup);\n\
+                  BEAM_SIM_DEBUG_SIZE=1 every honest peer's size estimate and the announcements it counted."
 )]
 struct Cli {
     #[command(subcommand)]

@@ -124,7 +124,7 @@ fn services_behind_nat_are_reached_by_hole_punch_or_relay() {
 
 #[test]
 fn every_committed_scenario_parses() {
-    for dir in ["scenarios", "scenarios/ci"] {
+    for dir in ["scenarios", "scenarios/ci", "scenarios/adversary"] {
         for entry in std::fs::read_dir(repo(dir)).expect("folder") {
             let p = entry.expect("entry").path();
             if p.extension().is_some_and(|x| x == "toml") {
