@@ -647,7 +647,6 @@ impl Gossip {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     fn on_publish(
         &mut self,
         now: Instant,

@@ -8,8 +8,11 @@
 //!   announces in another peer's name or alters a copy in transit.
 //! - **A lottery anyone can check.** A peer may announce in a given minute only if the hash of
 //!   its id and the minute falls under a threshold set so that the whole network makes about
-//!   [`PER_MINUTE`] announcements ([`wins`]). An adversary announces no more often than an
-//!   honest peer, so its voice is its share of the network, however often it sends.
+//!   [`PER_MINUTE`] announcements ([`wins`]). No key announces more often than an honest
+//!   peer's, however often it sends. Keys are cheap, though (a winner takes ~N/12 tries to
+//!   grind), which is what the next rule is for; the node also forwards announcements of
+//!   origins it does not know only within a budget (a flood of ground winners can crowd
+//!   honest unknown-origin announcements out of that budget, not out of the count).
 //! - **Known origins only** (the node's side, [`crate::Node`]): an estimate counts only if its
 //!   origin is a peer the node has exchanged DHT messages with, so keys minted for a flood
 //!   count for nothing.

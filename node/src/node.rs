@@ -548,7 +548,8 @@ impl Node {
     }
 
     /// The node's estimate of the number of DHT servers online: the median of its own
-    /// estimate and those its gossip peers announced in the last five minutes.
+    /// estimate and those announced by gossip in the last five minutes by origins it knows
+    /// (see [`crate::health`]) that lie within a factor of 2 of its own.
     pub fn network_size_estimate(&self) -> Option<f64> {
         let now = self.last_now?;
         let own = self.dht.size_estimate();
@@ -735,7 +736,8 @@ impl Node {
                     return false;
                 };
                 let minute = unix / 60;
-                let fresh = h.minute + 1 >= minute && h.minute <= minute + 1;
+                let fresh =
+                    h.minute.saturating_add(1) >= minute && h.minute <= minute.saturating_add(1);
                 let drawn = self.dht.size_estimate().is_none_or(|own| {
                     crate::health::wins(origin, h.minute, own / crate::health::LOTTERY_SLACK)
                 });

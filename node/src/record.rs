@@ -59,7 +59,12 @@ impl Addr {
     /// unless `limit_private` (a LAN or a test on one machine is many peers on one network).
     pub fn subnet(&self, limit_private: bool) -> Option<Subnet> {
         use std::net::IpAddr;
-        match self.ip()? {
+        let ip = match self.ip()? {
+            // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d: limit them as IPv4.
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match ip {
             IpAddr::V4(v4) => {
                 let local = v4.is_loopback() || v4.is_private() || v4.is_link_local();
                 if local && !limit_private {
@@ -467,6 +472,7 @@ pub(crate) mod tests {
         assert_eq!(sub("10.1.2.3:9", false), None);
         assert!(sub("10.1.2.3:9", true).is_some());
         assert_eq!(sub("example.com:80", true), None);
+        assert_eq!(sub("[::ffff:8.8.8.9]:53", false), sub("8.8.8.8:53", false));
         assert_eq!(sub("not an address", true), None);
     }
 }

@@ -508,8 +508,8 @@ mod tests {
         assert_eq!(t.len(), 1);
     }
 
-    /// A contact with id `i` (little-endian in the last bytes, so ids spread over buckets)
-    /// at address `addr`.
+    /// A contact with id `i` (big-endian in the first bytes, so ids spread over buckets) at
+    /// address `addr`.
     fn at(i: u32, addr: &str) -> Contact {
         let mut b = [0u8; 32];
         b[..4].copy_from_slice(&i.to_be_bytes());

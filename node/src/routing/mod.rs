@@ -208,8 +208,12 @@ fn phase_timeout(
         .windows(2)
         .map(|w| score::predict_ms(&w[0], &w[1]))
         .sum();
-    let t = Duration::from_secs_f64((2.0 * rtt_ms + PHASE_MARGIN_MS) / 1000.0);
-    t.clamp(MIN_PHASE_TIMEOUT.min(max), max)
+    // Coordinates come from peers: a prediction that is not a sane number falls back on `max`.
+    let secs = (2.0 * rtt_ms + PHASE_MARGIN_MS) / 1000.0;
+    if !(secs.is_finite() && secs > 0.0) {
+        return max;
+    }
+    Duration::try_from_secs_f64(secs).map_or(max, |t| t.clamp(MIN_PHASE_TIMEOUT.min(max), max))
 }
 
 /// Added to twice the predicted round trip of a phase (queueing, the service's own work).
@@ -362,7 +366,8 @@ pub struct Router {
     /// Services behind a NAT that a hole punch reached (bounded).
     punched: BTreeSet<PeerId>,
     /// Relay checks in flight: route id → (relay, deadline).
-    relay_checks: BTreeMap<u64, (PeerId, Instant)>,
+    /// Relay checks in flight: nonce → (relay, deadline, the helpers asked).
+    relay_checks: BTreeMap<u64, (PeerId, Instant, Vec<PeerId>)>,
     relay_window: (Instant, u32),
     transmits: Outbox,
     events: VecDeque<RouteEvent>,
@@ -624,8 +629,11 @@ impl Router {
         }
         let nonce = self.rng.next_u64();
         let noise_key = self.static_key.public();
-        self.relay_checks
-            .insert(nonce, (relay.peer, now + self.config.attempt_timeout * 3));
+        let asked = helpers.iter().map(|h| h.peer).collect();
+        self.relay_checks.insert(
+            nonce,
+            (relay.peer, now + self.config.attempt_timeout * 3, asked),
+        );
         for h in helpers {
             let ask = RouteData::CheckFor {
                 relay: relay.clone(),
@@ -1062,8 +1070,15 @@ impl Router {
                 };
                 self.check_for(now, &from, check, noise_key);
             }
+            // Only from a helper this check asked (the transport authenticates the sender).
             RouteData::Checked { nonce } if behind.len() == 1 => {
-                if let Some((relay, _)) = self.relay_checks.remove(&nonce) {
+                let from = behind[0].peer;
+                if self
+                    .relay_checks
+                    .get(&nonce)
+                    .is_some_and(|(_, _, asked)| asked.contains(&from))
+                    && let Some((relay, _, _)) = self.relay_checks.remove(&nonce)
+                {
                     self.events
                         .push_back(RouteEvent::RelayChecked { relay, ok: true });
                 }
@@ -1213,11 +1228,11 @@ impl Router {
         let failed: Vec<u64> = self
             .relay_checks
             .iter()
-            .filter(|(_, (_, d))| *d <= now)
+            .filter(|(_, (_, d, _))| *d <= now)
             .map(|(r, _)| *r)
             .collect();
         for route in failed {
-            if let Some((relay, _)) = self.relay_checks.remove(&route) {
+            if let Some((relay, _, _)) = self.relay_checks.remove(&route) {
                 self.events
                     .push_back(RouteEvent::RelayChecked { relay, ok: false });
             }
@@ -1269,7 +1284,7 @@ impl Router {
         self.requests
             .values()
             .filter_map(|o| o.current.as_ref().map(|a| a.deadline))
-            .chain(self.relay_checks.values().map(|(_, d)| *d))
+            .chain(self.relay_checks.values().map(|(_, d, _)| *d))
             .min()
     }
 }

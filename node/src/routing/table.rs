@@ -5,8 +5,8 @@
 //! else's. Here each entry is charged to the neighbour it arrived from (the last hop, which
 //! the transport authenticates: the ids further back are only what relays claim), and one
 //! neighbour holds at most `per_neighbour` entries: a flood through one neighbour evicts that
-//! neighbour's own oldest entries. Only when the table as a whole is full does the oldest
-//! entry overall go.
+//! neighbour's own oldest entries. When the table as a whole is full, the neighbour that holds
+//! the most entries gives up its oldest.
 
 use std::collections::BTreeMap;
 
@@ -69,8 +69,14 @@ impl<K: Ord + Copy, V> FairTable<K, V> {
                 self.evicted += 1;
             }
         } else if self.entries.len() >= self.cap
-            && let Some(oldest) = self.order.values().next().copied()
+            && let Some(oldest) = self
+                .by_neighbour
+                .values()
+                .max_by_key(|m| m.len())
+                .and_then(|m| m.values().next().copied())
         {
+            // Full: the neighbour holding the most gives up its oldest (new ids are free, so
+            // many "neighbours" may be one flooder; the one with the most pays first).
             self.remove(&oldest);
             self.evicted += 1;
         }
@@ -111,6 +117,12 @@ mod tests {
         PeerId::from_bytes([i; 32])
     }
 
+    fn minted(n: u64) -> PeerId {
+        let mut b = [0xee; 32];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        PeerId::from_bytes(b)
+    }
+
     #[test]
     fn a_flood_through_one_neighbour_evicts_only_its_own_entries() {
         let mut t: FairTable<u64, ()> = FairTable::new(100, 10);
@@ -131,18 +143,39 @@ mod tests {
         }
         assert_eq!(t.len(), 15 + 10);
         assert_eq!(t.evicted(), 10_000 - 10);
-        // Undefended (one neighbour may take the whole table), the same flood empties it of
-        // everyone else.
-        let mut plain: FairTable<u64, ()> = FairTable::new(100, 100);
-        for n in 0..5u8 {
+        // Undefended (first in, first out, as the router's table was), the same flood empties
+        // it of everyone else.
+        let mut fifo: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+        let mut push = |k: u64| {
+            if fifo.len() >= 100 {
+                fifo.pop_front();
+            }
+            fifo.push_back(k);
+        };
+        for n in 0..5u64 {
             for j in 0..3u64 {
-                plain.insert(u64::from(n) * 1000 + j, (), peer(n));
+                push(n * 1000 + j);
             }
         }
         for j in 0..10_000u64 {
-            plain.insert(1_000_000 + j, (), peer(9));
+            push(1_000_000 + j);
         }
-        assert!((0..5u64).all(|n| plain.get_mut(&(n * 1000)).is_none()));
+        assert!(fifo.iter().all(|&k| k >= 1_000_000));
+    }
+
+    #[test]
+    fn many_flooding_neighbours_cannot_push_out_a_quiet_one() {
+        // 200 minted "neighbours" with 64 entries each against one honest entry: when the table
+        // is full, the neighbour holding the most pays.
+        let mut t: FairTable<u64, ()> = FairTable::new(1024, 64);
+        t.insert(7, (), peer(1));
+        for n in 0..200u64 {
+            for j in 0..64u64 {
+                t.insert(10_000 + n * 100 + j, (), minted(n));
+            }
+        }
+        assert!(t.get_mut(&7).is_some());
+        assert!(t.len() <= 1024);
     }
 
     #[test]
