@@ -18,9 +18,17 @@
 //!
 //! # Failure
 //!
-//! Each attempt has `attempt_timeout`; when it passes, every relay of the route is marked
-//! down (EWMA, [`score::Trust`]) and excluded for this request, and the next attempt takes
-//! another route — until `max_attempts` or the request's overall deadline.
+//! Each phase of an attempt (handshake, request) has a timeout from the route's predicted
+//! round trip ([`phase_timeout`], at most `attempt_timeout`); when it passes, every relay of
+//! the route is marked down (EWMA, [`score::Trust`]) and excluded for this request, and the
+//! next attempt takes another route — until `max_attempts` or the request's overall deadline.
+//!
+//! A relayed attempt that is late — no answer to its phase by well past the predicted round
+//! trip, long before its timeout — gets a second route beside it that shares none of its
+//! relays (a hedged request, `RouterConfig::hedge`); the first answer wins. At most two routes
+//! are in flight, and a second starts only while the other is late, so routes that answer on
+//! time cost nothing extra. A dropping relay then costs a request the hedge delay instead of a
+//! whole timeout.
 
 pub mod score;
 pub mod table;
@@ -49,6 +57,9 @@ pub struct RouterConfig {
     pub request_timeout: Duration,
     /// Most routes tried per request.
     pub max_attempts: u8,
+    /// Start a second, relay-disjoint route beside a relayed attempt that is late (see the
+    /// module docs).
+    pub hedge: bool,
     /// Relays on a multi-hop route.
     pub multi_hop_relays: usize,
     /// Most requests in flight.
@@ -75,6 +86,7 @@ impl Default for RouterConfig {
             attempt_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
             max_attempts: 8,
+            hedge: true,
             multi_hop_relays: 2,
             max_requests: 256,
             max_sessions: 1024,
@@ -187,39 +199,66 @@ fn phase_timeout(
     relays: &[Contact],
 ) -> Duration {
     let max = config.attempt_timeout;
+    let Some(rtt_ms) = predicted_rtt_ms(candidates, own, service, relays) else {
+        return max;
+    };
+    let secs = (2.0 * rtt_ms + PHASE_MARGIN_MS) / 1000.0;
+    Duration::try_from_secs_f64(secs).map_or(max, |t| t.clamp(MIN_PHASE_TIMEOUT.min(max), max))
+}
+
+/// How long a phase of a relayed attempt may take before a second route starts beside it:
+/// 1.5 × the predicted round trip + [`HEDGE_MARGIN_MS`], or half the phase timeout without a
+/// prediction; always at least [`MIN_HEDGE_DELAY`] and short of the phase timeout.
+fn hedge_delay(
+    config: &RouterConfig,
+    candidates: &[Candidate],
+    own: Option<Coordinates>,
+    service: Option<Coordinates>,
+    relays: &[Contact],
+) -> Duration {
+    let timeout = phase_timeout(config, candidates, own, service, relays);
+    let delay = predicted_rtt_ms(candidates, own, service, relays)
+        .and_then(|ms| Duration::try_from_secs_f64((1.5 * ms + HEDGE_MARGIN_MS) / 1000.0).ok())
+        .unwrap_or(timeout / 2);
+    delay.max(MIN_HEDGE_DELAY).min(timeout.mul_f64(0.75))
+}
+
+/// The round trip a route's coordinates predict, client → relays → service and back, in ms;
+/// `None` when a coordinate is missing or the figure is not a sane number (coordinates come
+/// from peers).
+fn predicted_rtt_ms(
+    candidates: &[Candidate],
+    own: Option<Coordinates>,
+    service: Option<Coordinates>,
+    relays: &[Contact],
+) -> Option<f64> {
     let coords = |peer: &PeerId| {
         candidates
             .iter()
             .find(|c| c.contact.peer == *peer)
             .and_then(|c| c.coords)
     };
-    let (Some(own), Some(service)) = (own, service) else {
-        return max;
-    };
+    let (own, service) = (own?, service?);
     let mut hops = vec![own];
     for r in relays {
-        match coords(&r.peer) {
-            Some(c) => hops.push(c),
-            None => return max,
-        }
+        hops.push(coords(&r.peer)?);
     }
     hops.push(service);
     let rtt_ms: f64 = hops
         .windows(2)
         .map(|w| score::predict_ms(&w[0], &w[1]))
         .sum();
-    // Coordinates come from peers: a prediction that is not a sane number falls back on `max`.
-    let secs = (2.0 * rtt_ms + PHASE_MARGIN_MS) / 1000.0;
-    if !(secs.is_finite() && secs > 0.0) {
-        return max;
-    }
-    Duration::try_from_secs_f64(secs).map_or(max, |t| t.clamp(MIN_PHASE_TIMEOUT.min(max), max))
+    (rtt_ms.is_finite() && rtt_ms >= 0.0).then_some(rtt_ms)
 }
 
 /// Added to twice the predicted round trip of a phase (queueing, the service's own work).
 const PHASE_MARGIN_MS: f64 = 250.0;
 /// The shortest phase timeout, whatever the prediction.
 const MIN_PHASE_TIMEOUT: Duration = Duration::from_millis(400);
+/// Added to 1.5 × the predicted round trip of a phase before a hedge starts.
+const HEDGE_MARGIN_MS: f64 = 100.0;
+/// The shortest hedge delay, whatever the prediction.
+const MIN_HEDGE_DELAY: Duration = Duration::from_millis(150);
 
 /// Most relay checks this node runs for others at once.
 const MAX_CHECKS_FOR: usize = 16;
@@ -253,6 +292,8 @@ pub struct RouterStats {
     pub plaintext_refused: u64,
     /// Handshakes and sessions pushed out of their tables to make room.
     pub sessions_evicted: u64,
+    /// Second routes started beside a late attempt.
+    pub hedges: u64,
 }
 
 /// What travels in a route frame's `data`.
@@ -318,9 +359,22 @@ struct Attempt {
     route: u64,
     relays: Vec<Contact>,
     phase: Phase,
+    /// Whether (and when) a second route may start beside this one.
+    hedge: Hedge,
     /// When the request itself went out (after the handshake on relayed routes).
     sent: Instant,
     deadline: Instant,
+}
+
+/// An attempt's standing for a hedge (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hedge {
+    /// Not hedged: direct, a hole punch, a relay check, or hedging is off.
+    Never,
+    /// On time until then.
+    Until(Instant),
+    /// Late: another route may run beside it.
+    Late,
 }
 
 struct Outgoing {
@@ -332,7 +386,8 @@ struct Outgoing {
     excluded: BTreeSet<PeerId>,
     attempts: u8,
     deadline: Instant,
-    current: Option<Attempt>,
+    /// The attempts in flight: one, or two while the older one is late.
+    current: Vec<Attempt>,
     /// A hole punch for this request was tried and did not work.
     punch_failed: bool,
     /// A relay check run for a service: the one route to take, and whom to tell.
@@ -425,6 +480,7 @@ impl Router {
         RouterStats {
             transmits_dropped: self.transmits.dropped,
             sessions_evicted: self.handshakes.evicted() + self.sessions.evicted(),
+            hedges: self.stats.hedges,
             ..self.stats.clone()
         }
     }
@@ -550,10 +606,10 @@ impl Router {
     pub fn handle_peer_unreachable(&mut self, now: Instant, peer: &PeerId) {
         for out in self.requests.values_mut() {
             let service = out.target.contact.peer;
-            if let Some(a) = out.current.as_mut()
-                && a.relays.first().map_or(service, |c| c.peer) == *peer
-            {
-                a.deadline = a.deadline.min(now);
+            for a in &mut out.current {
+                if a.relays.first().map_or(service, |c| c.peer) == *peer {
+                    a.deadline = a.deadline.min(now);
+                }
             }
         }
     }
@@ -602,7 +658,7 @@ impl Router {
                 excluded: BTreeSet::new(),
                 attempts: 0,
                 deadline: now + self.config.request_timeout,
-                current: None,
+                current: Vec::new(),
                 punch_failed: false,
                 check_for: None,
             },
@@ -687,7 +743,7 @@ impl Router {
                 // One attempt, through the relay under check, no hole punch.
                 attempts: self.config.max_attempts.saturating_sub(1),
                 deadline: now + self.config.attempt_timeout * 2,
-                current: None,
+                current: Vec::new(),
                 punch_failed: true,
                 check_for: Some(check),
             },
@@ -722,27 +778,26 @@ impl Router {
         self.send_backward(reply.route, reply.back.into_iter().rev().collect(), data);
     }
 
-    /// Starts the next attempt of request `id`, or fails it.
-    fn attempt(&mut self, now: Instant, id: RequestId) {
+    /// Starts one more route for request `id` (beside those in flight, sharing none of their
+    /// relays) if its budget allows; returns whether it did. A request with nothing in flight
+    /// that cannot start another fails.
+    fn attempt(&mut self, now: Instant, id: RequestId) -> bool {
         let Some(out) = self.requests.get_mut(&id) else {
-            return;
+            return false;
         };
-        if let Some(prev) = out.current.take() {
-            self.routes.remove(&prev.route);
-        }
         if out.attempts >= self.config.max_attempts || now >= out.deadline {
-            let attempts = out.attempts;
-            if self
-                .requests
-                .remove(&id)
-                .is_some_and(|o| o.check_for.is_none())
-            {
-                self.events.push_back(RouteEvent::Failed { id, attempts });
-            }
-            return;
+            self.fail_if_idle(id);
+            return false;
         }
         out.attempts += 1;
         let service = out.target.contact.peer;
+        // Relays the next route must avoid: those that failed, and those of routes in flight.
+        let mut avoid = out.excluded.clone();
+        avoid.extend(
+            out.current
+                .iter()
+                .flat_map(|a| a.relays.iter().map(|c| c.peer)),
+        );
         // A service behind a NAT: a hole punch first (unless one failed for this request),
         // direct once punched, otherwise through one of the relays it keeps open.
         let mut punch = false;
@@ -760,7 +815,7 @@ impl Router {
                 &service,
                 out.own_coords.as_ref(),
                 out.target.coords.as_ref(),
-                &out.excluded,
+                &avoid,
                 self.config.multi_hop_relays,
                 &mut self.rng,
             )
@@ -769,13 +824,13 @@ impl Router {
                 .target
                 .relays
                 .iter()
-                .filter(|r| !out.excluded.contains(&r.peer) && r.peer != self.local)
+                .filter(|r| !avoid.contains(&r.peer) && r.peer != self.local)
                 .collect();
             let pick = usable
                 .get(usize::from(out.attempts - 1) % usable.len().max(1))
                 .or(out.target.relays.first().as_ref())
                 .map(|c| (*c).clone());
-            punch = !out.punch_failed && pick.is_some();
+            punch = !out.punch_failed && pick.is_some() && out.current.is_empty();
             pick.into_iter().collect()
         };
         let route = self.rng.next_u64();
@@ -831,7 +886,8 @@ impl Router {
             (Phase::Sent, encode(&RouteData::Plain(payload)))
         } else {
             let Some(key) = out.target.noise_key else {
-                return;
+                self.fail_if_idle(id);
+                return false;
             };
             let seed = handshake_seed(&mut self.entropy, &mut self.rng);
             match Initiator::start(&self.static_key, &key, seed) {
@@ -848,10 +904,25 @@ impl Router {
         for r in &relays {
             self.trust.entry(r.peer).or_default().load += 1;
         }
-        out.current = Some(Attempt {
+        let hedge = if self.config.hedge && !punch && !relays.is_empty() && out.check_for.is_none()
+        {
+            Hedge::Until(
+                now + hedge_delay(
+                    &self.config,
+                    &out.candidates,
+                    out.own_coords,
+                    out.target.coords,
+                    &relays,
+                ),
+            )
+        } else {
+            Hedge::Never
+        };
+        out.current.push(Attempt {
             route,
             relays: relays.clone(),
             phase,
+            hedge,
             sent: now,
             deadline,
         });
@@ -861,6 +932,25 @@ impl Router {
             self.send_forward(route, &relays, &target, data);
         }
         self.bound_trust();
+        true
+    }
+
+    /// Fails request `id` if no route of it is in flight.
+    fn fail_if_idle(&mut self, id: RequestId) {
+        let Some(out) = self.requests.get(&id) else {
+            return;
+        };
+        if !out.current.is_empty() {
+            return;
+        }
+        let attempts = out.attempts;
+        if self
+            .requests
+            .remove(&id)
+            .is_some_and(|o| o.check_for.is_none())
+        {
+            self.events.push_back(RouteEvent::Failed { id, attempts });
+        }
     }
 
     /// Sends `data` back along `path` (the hops towards the client, nearest first).
@@ -1098,7 +1188,7 @@ impl Router {
         let Some(out) = self.requests.get_mut(&id) else {
             return;
         };
-        let Some(attempt) = out.current.as_mut() else {
+        let Some(attempt) = out.current.iter_mut().find(|a| a.route == route) else {
             return;
         };
         if !matches!(attempt.phase, Phase::Punching) {
@@ -1140,7 +1230,7 @@ impl Router {
         let Some(out) = self.requests.get_mut(&id) else {
             return;
         };
-        let Some(attempt) = out.current.as_mut() else {
+        let Some(attempt) = out.current.iter_mut().find(|a| a.route == route) else {
             return;
         };
         let response = match (data, &mut attempt.phase) {
@@ -1167,6 +1257,18 @@ impl Router {
                             &attempt.relays,
                         );
                         attempt.deadline = (now + timeout).min(out.deadline);
+                        // The handshake answered: the request phase gets its own hedge delay.
+                        if attempt.hedge != Hedge::Never {
+                            attempt.hedge = Hedge::Until(
+                                now + hedge_delay(
+                                    &self.config,
+                                    &out.candidates,
+                                    out.own_coords,
+                                    out.target.coords,
+                                    &attempt.relays,
+                                ),
+                            );
+                        }
                         if let Some(data) = encode(&RouteData::Finish(msg3)) {
                             let relays = attempt.relays.clone();
                             let target = out.target.contact.clone();
@@ -1197,13 +1299,23 @@ impl Router {
         let Some(out) = self.requests.remove(&id) else {
             return;
         };
-        let Some(attempt) = out.current else { return };
-        self.routes.remove(&attempt.route);
-        for r in &attempt.relays {
-            let t = self.trust.entry(r.peer).or_default();
-            t.on_success();
-            t.load = t.load.saturating_sub(1);
+        let mut winner = None;
+        for a in out.current {
+            self.routes.remove(&a.route);
+            let won = a.route == route;
+            for r in &a.relays {
+                let t = self.trust.entry(r.peer).or_default();
+                // A helper's check is about the service's relay, not this node's own routes.
+                if won && out.check_for.is_none() {
+                    t.on_success();
+                }
+                t.load = t.load.saturating_sub(1);
+            }
+            if won {
+                winner = Some(a);
+            }
         }
+        let Some(attempt) = winner else { return };
         if let Some(check) = out.check_for {
             // A relay check run for a service: tell it the answer came back.
             if body == check.nonce.to_be_bytes()
@@ -1240,13 +1352,25 @@ impl Router {
         let due: Vec<RequestId> = self
             .requests
             .iter()
-            .filter(|(_, o)| o.current.as_ref().is_none_or(|a| a.deadline <= now))
+            .filter(|(_, o)| {
+                o.current.is_empty()
+                    || o.current.iter().any(|a| a.deadline <= now)
+                    || o.current
+                        .iter()
+                        .any(|a| matches!(a.hedge, Hedge::Until(t) if t <= now))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            if let Some(out) = self.requests.get_mut(&id)
-                && let Some(a) = &out.current
-            {
+            let Some(out) = self.requests.get_mut(&id) else {
+                continue;
+            };
+            let (expired, live): (Vec<Attempt>, Vec<Attempt>) = std::mem::take(&mut out.current)
+                .into_iter()
+                .partition(|a| a.deadline <= now);
+            out.current = live;
+            for a in expired {
+                self.routes.remove(&a.route);
                 self.stats.attempts_timed_out += 1;
                 if matches!(a.phase, Phase::Punching) {
                     // The punch failed (or its relay is gone): route through a relay next.
@@ -1255,17 +1379,31 @@ impl Router {
                 for r in &a.relays {
                     out.excluded.insert(r.peer);
                     let t = self.trust.entry(r.peer).or_default();
-                    t.on_failure();
+                    if out.check_for.is_none() {
+                        t.on_failure();
+                    }
                     t.load = t.load.saturating_sub(1);
                 }
-                // Keep the candidates' view of trust current for the next choice.
-                for c in &mut out.candidates {
-                    if let Some(t) = self.trust.get(&c.contact.peer) {
-                        c.trust = *t;
-                    }
+            }
+            // Keep the candidates' view of trust current for the next choice.
+            for c in &mut out.candidates {
+                if let Some(t) = self.trust.get(&c.contact.peer) {
+                    c.trust = *t;
                 }
             }
-            self.attempt(now, id);
+            for a in &mut out.current {
+                if matches!(a.hedge, Hedge::Until(t) if t <= now) {
+                    a.hedge = Hedge::Late;
+                }
+            }
+            // Another route when none is in flight, or when the one in flight is late.
+            let hedge = out.current.len() == 1 && out.current[0].hedge == Hedge::Late;
+            if out.current.is_empty() {
+                self.attempt(now, id);
+            } else if hedge && self.attempt(now, id) {
+                self.stats.hedges += 1;
+            }
+            self.fail_if_idle(id);
         }
     }
 
@@ -1283,7 +1421,12 @@ impl Router {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.requests
             .values()
-            .filter_map(|o| o.current.as_ref().map(|a| a.deadline))
+            .flat_map(|o| o.current.iter())
+            .flat_map(|a| match a.hedge {
+                Hedge::Until(t) => [Some(a.deadline), Some(t)],
+                _ => [Some(a.deadline), None],
+            })
+            .flatten()
             .chain(self.relay_checks.values().map(|(_, d, _)| *d))
             .min()
     }
@@ -1446,5 +1589,183 @@ mod tests {
         assert!(service.handshakes.get_mut(&(contact(1).peer, 1)).is_some());
         assert!(service.handshakes.len() <= 17);
         assert!(service.stats().sessions_evicted >= 5000 - 16);
+    }
+
+    /// Routers one fixed delay apart (10 ms each way, as their coordinates predict), some
+    /// relays dropping every frame they should relay; services answer every request.
+    struct Line {
+        routers: BTreeMap<PeerId, Router>,
+        contacts: BTreeMap<PeerId, Contact>,
+        droppers: BTreeSet<PeerId>,
+        queue: BTreeMap<(Instant, u64), (Contact, PeerId, RouteMessage)>,
+        seq: u64,
+        now: Instant,
+    }
+
+    const HOP: Duration = Duration::from_millis(10);
+
+    fn at_origin() -> Coordinates {
+        Coordinates {
+            x: 0.0,
+            y: 0.0,
+            height: 10.0,
+        }
+    }
+
+    impl Line {
+        fn add(&mut self, i: u8, config: RouterConfig, seed: u64) {
+            let c = contact(i);
+            let router = Router::new(config, c.peer, static_key_for(&[i; 32]), seed, self.now);
+            self.routers.insert(c.peer, router);
+            self.contacts.insert(c.peer, c);
+        }
+
+        /// Runs until `client` hears of request `id`: its answer time, or `None` if it failed.
+        fn until_done(&mut self, client: PeerId, id: RequestId) -> Option<Duration> {
+            let start = self.now;
+            let mut answered = None;
+            while self.now < start + Duration::from_secs(10) {
+                for (peer, r) in &mut self.routers {
+                    while let Some(e) = r.poll_event() {
+                        match e {
+                            RouteEvent::Request { reply, body } => r.respond(self.now, reply, body),
+                            RouteEvent::Response { id: got, .. } if *peer == client => {
+                                assert_eq!(got, id);
+                                assert!(answered.is_none(), "two answers to one request");
+                                answered = Some(self.now - start);
+                            }
+                            RouteEvent::Failed { .. } if *peer == client => return None,
+                            _ => {}
+                        }
+                    }
+                    while let Some((to, msg)) = r.poll_transmit() {
+                        let (RouteMessage::Forward { ahead, .. }
+                        | RouteMessage::Backward { ahead, .. }) = &msg;
+                        if !ahead.is_empty() && self.droppers.contains(peer) {
+                            continue;
+                        }
+                        self.seq += 1;
+                        let from = self.contacts[peer].clone();
+                        self.queue
+                            .insert((self.now + HOP, self.seq), (from, to.peer, msg));
+                    }
+                }
+                let next_msg = self.queue.keys().next().map(|k| k.0);
+                let next_timer = self.routers.values().filter_map(Router::poll_timeout).min();
+                let Some(next) = next_msg.into_iter().chain(next_timer).min() else {
+                    return answered;
+                };
+                if answered.is_some() && next_msg.is_none() {
+                    return answered;
+                }
+                self.now = self.now.max(next);
+                while let Some(entry) = self.queue.first_entry() {
+                    if entry.key().0 > self.now {
+                        break;
+                    }
+                    let (from, to, msg) = entry.remove();
+                    if let Some(r) = self.routers.get_mut(&to) {
+                        r.handle_message(self.now, from, msg);
+                    }
+                }
+                for r in self.routers.values_mut() {
+                    if r.poll_timeout().is_some_and(|t| t <= self.now) {
+                        r.handle_timeout(self.now);
+                    }
+                }
+            }
+            answered
+        }
+    }
+
+    /// Mean answer time of 40 multi-hop requests (a fresh client each) over 8 relays of
+    /// which `droppers` drop, and the hedges the clients started.
+    fn multi_hop_through_droppers(droppers: u8, hedge: bool) -> (Vec<Duration>, u64) {
+        let now = Instant::now();
+        let mut line = Line {
+            routers: BTreeMap::new(),
+            contacts: BTreeMap::new(),
+            droppers: (20..20 + droppers).map(|i| contact(i).peer).collect(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            now,
+        };
+        line.add(9, RouterConfig::default(), 9);
+        for i in 20..28 {
+            line.add(i, RouterConfig::default(), u64::from(i));
+        }
+        let candidates: Vec<Candidate> = (20..28)
+            .map(|i| Candidate {
+                contact: contact(i),
+                coords: Some(at_origin()),
+                trust: Trust::default(),
+                relays: true,
+                alive: true,
+            })
+            .collect();
+        let target = Target {
+            contact: contact(9),
+            noise_key: Some(static_key_for(&[9; 32]).public()),
+            coords: Some(at_origin()),
+            relays: vec![],
+            reachable: true,
+        };
+        let mut times = vec![];
+        let mut hedges = 0;
+        for seed in 0..40 {
+            let config = RouterConfig {
+                hedge,
+                ..RouterConfig::default()
+            };
+            line.add(1, config, seed);
+            let client = contact(1).peer;
+            let r = line.routers.get_mut(&client).expect("client");
+            let id = r
+                .request(
+                    line.now,
+                    target.clone(),
+                    Strategy::MultiHop,
+                    b"hi".to_vec(),
+                    candidates.clone(),
+                    Some(at_origin()),
+                )
+                .expect("request starts");
+            let took = line
+                .until_done(client, id)
+                .expect("answered within its attempts");
+            times.push(took);
+            hedges += line.routers[&client].stats().hedges;
+        }
+        (times, hedges)
+    }
+
+    fn mean(d: &[Duration]) -> Duration {
+        d.iter().sum::<Duration>() / u32::try_from(d.len()).expect("few")
+    }
+
+    #[test]
+    fn a_late_relayed_attempt_gets_a_second_route_and_the_first_answer_wins() {
+        // 3 of 8 relays drop: a 2-relay route is honest 10 times in 28.
+        let (plain, none) = multi_hop_through_droppers(3, false);
+        let (hedged, hedges) = multi_hop_through_droppers(3, true);
+        assert_eq!(none, 0);
+        assert!(hedges > 0);
+        let (plain, hedged) = (mean(&plain), mean(&hedged));
+        eprintln!("mean answer time: one route at a time {plain:?}, hedged {hedged:?}");
+        assert!(
+            hedged.as_secs_f64() < 0.7 * plain.as_secs_f64(),
+            "hedged {hedged:?} vs one route at a time {plain:?}"
+        );
+    }
+
+    #[test]
+    fn routes_that_answer_on_time_are_not_hedged() {
+        let (times, hedges) = multi_hop_through_droppers(0, true);
+        assert_eq!(
+            hedges, 0,
+            "a hedge was sent though every route answered on time"
+        );
+        // Handshake and request: two round trips of three hops each way.
+        assert!(times.iter().all(|t| *t <= HOP * 12), "{times:?}");
     }
 }
