@@ -188,6 +188,7 @@ async fn node(
         service,
         relay_rate: None,
         mdns: false,
+        max_peers: crate::config::Settings::default().max_peers,
     })
     .await?;
     p2p::tunnel::spawn_acceptors(&h, port)?;

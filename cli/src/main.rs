@@ -9,10 +9,12 @@
 //! - [`connect`] — `beam connect`: resolve a service, choose a route, forward a local port.
 //! - [`demo`] — `beam demo`: a small network on loopback, end to end, in one process.
 //! - [`state`] — the state directory and the identity key.
+//! - [`config`] — `beam config`: the configuration file the other commands read (flags win).
 //!
 //! The protocol decisions (records, lookups, route choice, relay admission, trust) are the
 //! core's; this binary carries bytes and talks to the user.
 
+mod config;
 mod connect;
 mod control;
 mod demo;
@@ -60,6 +62,10 @@ struct Cli {
     /// so LAN addresses are published too).
     #[arg(long, global = true)]
     no_mdns: bool,
+    /// The configuration file [default: $BEAM_CONFIG, else beam/config.toml in the platform's
+    /// config directory, ~/.config on Linux]. See `beam config list`; flags override it.
+    #[arg(long, global = true, env = "BEAM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     serve: ServeArgs,
     #[command(subcommand)]
@@ -78,11 +84,12 @@ struct ServeArgs {
     /// Publish it as a Tor onion service too (Arti, in process): prints `Tor URL:
     /// http://….onion`; the .onion stays the same across restarts and goes into the signed
     /// service record, so `beam connect NAME` falls back to Tor when no P2P route works.
+    /// [default: tor.enabled in the config file, false]
     #[arg(long)]
     tor: bool,
     /// Give up on Tor (and keep the P2P side running) when it has not bootstrapped after this
     /// many seconds.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS", requires = "tor")]
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     tor_timeout: u64,
     #[command(flatten)]
     p2p: P2pArgs,
@@ -107,30 +114,39 @@ struct P2pArgs {
     listen: Vec<Multiaddr>,
     /// Bandwidth cap on the circuits this node relays for any one peer, in MiB/s (both
     /// directions together; 0: no cap). A peer over its share waits; others do not.
-    #[arg(long, default_value_t = 16.0, value_name = "MIB_PER_S")]
-    relay_rate: f64,
+    /// [default: p2p.relayRate in the config file, 16]
+    #[arg(long, value_name = "MIB_PER_S")]
+    relay_rate: Option<f64>,
 }
 
 impl P2pArgs {
-    fn participation(&self, default: Participation) -> Participation {
+    /// The flags' participation, else the config file's, else `default`.
+    fn participation(&self, settings: &config::Settings, default: Participation) -> Participation {
         if self.p2p_full {
             Participation::Full
         } else if self.p2p_routing {
             Participation::Routing
         } else {
-            default
+            settings.participation.unwrap_or(default)
         }
     }
 
-    /// `--relay-rate` in bytes per second (`None`: no cap).
-    fn relay_rate(&self) -> Result<Option<u64>> {
-        if !self.relay_rate.is_finite() || self.relay_rate < 0.0 {
-            bail!(
-                "--relay-rate must be a number of MiB/s, 0 or more (0: no cap); got {}",
-                self.relay_rate
-            );
+    /// `--bootstrap` when given, else the config file's list.
+    fn bootstrap(&self, settings: &config::Settings) -> Vec<Multiaddr> {
+        if self.bootstrap.is_empty() {
+            settings.bootstrap.clone()
+        } else {
+            self.bootstrap.clone()
         }
-        Ok(Some((self.relay_rate * 1024.0 * 1024.0) as u64).filter(|r| *r > 0))
+    }
+
+    /// `--relay-rate` (else the config file's) in bytes per second (`None`: no cap).
+    fn relay_rate(&self, settings: &config::Settings) -> Result<Option<u64>> {
+        let rate = self.relay_rate.unwrap_or(settings.relay_rate);
+        if !rate.is_finite() || rate < 0.0 {
+            bail!("--relay-rate must be a number of MiB/s, 0 or more (0: no cap); got {rate}");
+        }
+        Ok(Some((rate * 1024.0 * 1024.0) as u64).filter(|r| *r > 0))
     }
 
     fn listen_or(&self, port: u16) -> Vec<Multiaddr> {
@@ -187,6 +203,47 @@ enum Command {
         /// The address, e.g. beam://aaaa… (52 characters after beam://).
         address: String,
     },
+    /// Read and change the configuration file (p2p.maxPeers, routing.strategy, tor.enabled,
+    /// …): `beam config list` shows every key, its value and where it came from.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script, e.g. `beam completions bash >
+    /// ~/.local/share/bash-completion/completions/beam`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print beam's manual page (roff), e.g. `beam man > beam.1 && man ./beam.1`.
+    Man,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every key with its value, where it came from (file or default) and what it takes.
+    List {
+        /// Print JSON: [{"key", "value", "source", "takes"}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// One key's value (TOML syntax).
+    Get {
+        /// The key, e.g. p2p.maxPeers.
+        key: String,
+    },
+    /// Set a key (checked first: a bad value or an unknown key changes nothing). Creates the
+    /// file from the commented example if there is none.
+    Set {
+        /// The key, e.g. p2p.maxPeers.
+        key: String,
+        /// The value, e.g. 64, geographic, true, or multiaddrs separated by commas.
+        value: String,
+    },
+    /// Print where the configuration file is (it need not exist).
+    Path,
+    /// Print the commented example file: every key at its default.
+    Example,
 }
 
 #[derive(Subcommand)]
@@ -209,9 +266,9 @@ struct ConnectArgs {
     #[arg(long)]
     port: Option<u16>,
     /// How to route: straight to the service, through relays, or through the relays with the
-    /// lowest predicted latency.
-    #[arg(long, value_enum, default_value_t = StrategyArg::Direct)]
-    strategy: StrategyArg,
+    /// lowest predicted latency [default: routing.strategy in the config file, direct].
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyArg>,
     /// How long to keep looking for the service before giving up, in seconds (a service that
     /// just started may still be publishing).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
@@ -248,16 +305,44 @@ impl From<StrategyArg> for Strategy {
 
 fn main() {
     let cli = Cli::parse();
+    // The config commands must work on a file the others refuse (to fix it).
+    let settings = match &cli.command {
+        Some(Command::Config { .. } | Command::Completions { .. } | Command::Man) => {
+            Ok(config::Settings::default())
+        }
+        _ => config_path(&cli).and_then(|p| config::load(&p)),
+    };
+    let level = settings
+        .as_ref()
+        .map_or("warn".to_owned(), |s| s.log_level.clone());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(cli) {
+    if let Err(e) = settings.and_then(|s| run(cli, &s)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`beam man | head`) is not an error.
+fn emit(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `--config`, else `$BEAM_CONFIG` (clap reads both), else the platform's default.
+fn config_path(cli: &Cli) -> Result<PathBuf> {
+    match &cli.config {
+        Some(p) => Ok(p.clone()),
+        None => config::default_path(),
     }
 }
 
@@ -267,7 +352,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
+    let mdns = !cli.no_mdns && settings.mdns;
+    let config_file = config_path(&cli);
     let policy = p2p::addr::AddrPolicy {
         allow_private: cli.allow_private_addrs,
     };
@@ -283,24 +370,26 @@ fn run(cli: Cli) -> Result<()> {
             let (keypair, _) = state::load_or_create_identity(&dir)?;
             let p = &cli.serve.p2p;
             // A service with no bootstrap peer starts the network: it must answer lookups.
-            let default = if p.bootstrap.is_empty() {
+            let bootstrap = p.bootstrap(settings);
+            let default = if bootstrap.is_empty() {
                 Participation::Routing
             } else {
                 Participation::Light
             };
             let config = p2p::Config {
                 keypair,
-                participation: p.participation(default),
+                participation: p.participation(settings, default),
                 listen: p.listen_or(0),
-                bootstrap: p.bootstrap.clone(),
+                bootstrap,
                 policy,
                 service: Some(p2p::ServiceSpec {
                     port,
                     name: cli.serve.name.clone(),
                     seq_file: Some(dir.join("record-seq")),
                 }),
-                relay_rate: p.relay_rate()?,
-                mdns: !cli.no_mdns,
+                relay_rate: p.relay_rate(settings)?,
+                mdns,
+                max_peers: settings.max_peers,
             };
             if let Some(name) = &cli.serve.name
                 && !beam_node::record::valid_name(name)
@@ -312,9 +401,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let opts = serve::Options {
                 state_dir: dir,
-                tor: cli
-                    .serve
-                    .tor
+                tor: (cli.serve.tor || settings.tor)
                     .then(|| std::time::Duration::from_secs(cli.serve.tor_timeout)),
             };
             runtime()?.block_on(serve::run(config, opts))
@@ -324,13 +411,14 @@ fn run(cli: Cli) -> Result<()> {
             let (keypair, _) = state::load_or_create_identity(&dir)?;
             let config = p2p::Config {
                 keypair,
-                participation: p.participation(Participation::Routing),
+                participation: p.participation(settings, Participation::Routing),
                 listen: p.listen_or(4001),
-                bootstrap: p.bootstrap.clone(),
+                bootstrap: p.bootstrap(settings),
                 policy,
                 service: None,
-                relay_rate: p.relay_rate()?,
-                mdns: !cli.no_mdns,
+                relay_rate: p.relay_rate(settings)?,
+                mdns,
+                max_peers: settings.max_peers,
             };
             let opts = serve::Options {
                 state_dir: dir,
@@ -350,7 +438,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Connect(args)) => {
             let target: beam_node::app::ServiceRef = args.target.parse()?;
-            if args.p2p.bootstrap.is_empty() && cli.no_mdns {
+            let bootstrap = args.p2p.bootstrap(settings);
+            if bootstrap.is_empty() && !mdns {
                 bail!(
                     "beam connect needs a peer to join through: add --bootstrap MULTIADDR (an \
                      address `beam <PORT>` or `beam node` printed; there is no central server), \
@@ -361,20 +450,21 @@ fn run(cli: Cli) -> Result<()> {
             let (keypair, _) = state::load_or_create_identity(&dir)?;
             let config = p2p::Config {
                 keypair,
-                participation: args.p2p.participation(Participation::Light),
+                participation: args.p2p.participation(settings, Participation::Light),
                 listen: args.p2p.listen_or(0),
-                bootstrap: args.p2p.bootstrap.clone(),
+                bootstrap,
                 policy,
                 service: None,
-                relay_rate: args.p2p.relay_rate()?,
-                mdns: !cli.no_mdns,
+                relay_rate: args.p2p.relay_rate(settings)?,
+                mdns,
+                max_peers: settings.max_peers,
             };
             runtime()?.block_on(connect::run(
                 config,
                 connect::Options {
                     target,
                     port: args.port,
-                    strategy: args.strategy.into(),
+                    strategy: args.strategy.map_or(settings.strategy, Into::into),
                     wait: std::time::Duration::from_secs(args.wait),
                     tor: (!args.no_tor).then(|| connect::TorFallback {
                         dir: dir.clone(),
@@ -422,5 +512,49 @@ fn run(cli: Cli) -> Result<()> {
             }
             Err(e) => bail!("{e}"),
         },
+        Some(Command::Config { command }) => {
+            let path = config_file?;
+            match command {
+                ConfigCommand::List { json } => {
+                    let rows = config::list(&path)?;
+                    let mut out = String::new();
+                    if json {
+                        out = serde_json::to_string_pretty(&rows)? + "\n";
+                    } else {
+                        out += &format!("# {}\n", path.display());
+                        let w = rows.iter().map(|r| r.key.len()).max().unwrap_or(0);
+                        for r in rows {
+                            let from = match r.source {
+                                config::Source::File => "",
+                                config::Source::Default => "   (default)",
+                            };
+                            out += &format!("{:w$} = {}{from}\n", r.key, r.value);
+                        }
+                    }
+                    emit(out.as_bytes())?;
+                }
+                ConfigCommand::Get { key } => println!("{}", config::get(&path, &key)?.value),
+                ConfigCommand::Set { key, value } => {
+                    config::set(&path, &key, &value)?;
+                    let row = config::get(&path, &key)?;
+                    eprintln!("{} = {} (in {})", row.key, row.value, path.display());
+                }
+                ConfigCommand::Path => println!("{}", path.display()),
+                ConfigCommand::Example => emit(config::EXAMPLE.as_bytes())?,
+            }
+            Ok(())
+        }
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = vec![];
+            clap_complete::generate(shell, &mut cmd, "beam", &mut out);
+            emit(&out)
+        }
+        Some(Command::Man) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = vec![];
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            emit(&out)
+        }
     }
 }

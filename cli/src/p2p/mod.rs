@@ -51,8 +51,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, autonat, dcutr, identify, mdns, noise, ping, relay, tcp,
-    yamux,
+    Multiaddr, StreamProtocol, Swarm, autonat, connection_limits, dcutr, identify, mdns, noise,
+    ping, relay, tcp, yamux,
 };
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
@@ -118,6 +118,8 @@ pub struct Config {
     pub relay_rate: Option<u64>,
     /// Find peers on the local network with mDNS, and answer others' queries.
     pub mdns: bool,
+    /// Most connections to other peers held at once (`p2p.maxPeers`); more are refused.
+    pub max_peers: u32,
 }
 
 /// A service this node publishes.
@@ -383,6 +385,8 @@ struct Behaviour {
     dcutr: dcutr::Behaviour,
     /// Peers on the local network (unless `--no-mdns`).
     mdns: Toggle<mdns::tokio::Behaviour>,
+    /// `p2p.maxPeers`: connections beyond it are refused.
+    limits: connection_limits::Behaviour,
 }
 
 /// Relay v2 settings for beam relays: a tunnel lives longer than relay v2's default 2 minutes
@@ -453,6 +457,10 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
             relay_client,
             dcutr: dcutr::Behaviour::new(key.public().to_peer_id()),
             mdns: Toggle::from(lan),
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(config.max_peers)),
+            ),
         })
         .context("cannot set up the libp2p behaviours")?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -1553,6 +1561,7 @@ mod tests {
             service: None,
             relay_rate: None,
             mdns: false,
+            max_peers: 256,
         }
     }
 
