@@ -283,15 +283,23 @@ fn example() -> DocumentMut {
     EXAMPLE.parse().expect("the embedded example is valid TOML")
 }
 
-/// A key's value (as TOML) and where it came from.
-fn value_of(doc: Option<&DocumentMut>, spec: &Spec) -> (Value, Source) {
-    if let Some(v) = doc.and_then(|d| lookup(d, spec)) {
-        return (v.clone(), Source::File);
+/// A key's row: its value in `doc`, else its default from `defaults` (the example file).
+fn row(doc: Option<&DocumentMut>, defaults: &DocumentMut, spec: &Spec) -> Row {
+    let (v, source) = match doc.and_then(|d| lookup(d, spec)) {
+        Some(v) => (v.clone(), Source::File),
+        None => (
+            lookup(defaults, spec)
+                .cloned()
+                .unwrap_or_else(|| Value::from("")),
+            Source::Default,
+        ),
+    };
+    Row {
+        key: spec.key(),
+        value: shown(&v),
+        source,
+        takes: spec.kind.to_string(),
     }
-    let v = lookup(&example(), spec)
-        .cloned()
-        .unwrap_or_else(|| Value::from(""));
-    (v, Source::Default)
 }
 
 fn shown(v: &Value) -> String {
@@ -371,17 +379,10 @@ pub struct Row {
 /// Every key, its value and where it came from.
 pub fn list(path: &Path) -> Result<Vec<Row>> {
     let doc = read(path)?.map(|t| parse_doc(&t, path)).transpose()?;
+    let defaults = example();
     Ok(KEYS
         .iter()
-        .map(|spec| {
-            let (v, source) = value_of(doc.as_ref(), spec);
-            Row {
-                key: spec.key(),
-                value: shown(&v),
-                source,
-                takes: spec.kind.to_string(),
-            }
-        })
+        .map(|spec| row(doc.as_ref(), &defaults, spec))
         .collect())
 }
 
@@ -389,13 +390,7 @@ pub fn list(path: &Path) -> Result<Vec<Row>> {
 pub fn get(path: &Path, key: &str) -> Result<Row> {
     let spec = spec(key)?;
     let doc = read(path)?.map(|t| parse_doc(&t, path)).transpose()?;
-    let (v, source) = value_of(doc.as_ref(), spec);
-    Ok(Row {
-        key: spec.key(),
-        value: shown(&v),
-        source,
-        takes: spec.kind.to_string(),
-    })
+    Ok(row(doc.as_ref(), &example(), spec))
 }
 
 /// Sets `key` to `text` in the file at `path` (created from the commented example if there is
