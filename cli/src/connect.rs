@@ -15,6 +15,7 @@ use beam_node::record::ServiceRecord;
 use beam_node::routing::Strategy;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::p2p::auth::Token;
 use crate::p2p::tunnel::{self, OpenError, Opened};
 use crate::p2p::{self, Handle, Notice, Route};
 
@@ -33,6 +34,8 @@ pub struct Options {
     pub wait: Duration,
     /// Fall back to the service's onion service when no P2P route works (`None`: never).
     pub tor: Option<TorFallback>,
+    /// The access token to present (`--token`).
+    pub token: Option<Token>,
 }
 
 /// Where and how to start Tor when a connection falls back to it.
@@ -132,26 +135,30 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
             ),
         }
     }
-    let fallback = opts.tor.clone().map(Fallback::new);
-    let record = Arc::new(tokio::sync::RwLock::new(record));
-    let target = Arc::new(opts.target.clone());
+    let fwd = Arc::new(Forwarder {
+        handle,
+        record: tokio::sync::RwLock::new(record),
+        target: opts.target,
+        strategy: opts.strategy,
+        fallback: opts.tor.map(Fallback::new),
+        token: opts.token,
+    });
     serve_local(listener, move |tcp, n| {
-        let (handle, record) = (handle.clone(), record.clone());
-        let (strategy, target, fallback) = (opts.strategy, target.clone(), fallback.clone());
-        async move {
-            forward(
-                &handle,
-                &record,
-                &target,
-                strategy,
-                fallback.as_ref(),
-                tcp,
-                n,
-            )
-            .await;
-        }
+        let fwd = fwd.clone();
+        async move { fwd.forward(tcp, n).await }
     })
     .await
+}
+
+/// What each local connection is forwarded with.
+struct Forwarder {
+    handle: Handle,
+    /// The service's record (replaced when the service moved).
+    record: tokio::sync::RwLock<ServiceRecord>,
+    target: ServiceRef,
+    strategy: Strategy,
+    fallback: Option<Fallback>,
+    token: Option<Token>,
 }
 
 /// Accepts local connections until Ctrl-C; each gets its number (from 1) and its own task.
@@ -264,6 +271,7 @@ pub async fn open_with_failover(
     handle: &Handle,
     record: &ServiceRecord,
     strategy: Strategy,
+    token: Option<&Token>,
 ) -> Result<(Route, Opened), OpenError> {
     let mut exclude = BTreeSet::new();
     let mut last = None;
@@ -278,12 +286,13 @@ pub async fn open_with_failover(
             }
         };
         let relays: Vec<beam_node::PeerId> = route.relays.iter().map(|(p, _)| *p).collect();
-        match tunnel::open(handle, &route).await {
+        match tunnel::open(handle, &route, token).await {
             Ok(o) => {
                 handle.outcome(relays, true).await;
                 return Ok((route, o));
             }
-            Err(e @ OpenError::Refused(tunnel::Status::LocalRefused)) => return Err(e),
+            // The service answered: another route gets the same answer.
+            Err(e) if e.is_the_services_answer() => return Err(e),
             Err(e) => {
                 if relays.is_empty() {
                     return Err(e);
@@ -300,67 +309,77 @@ pub async fn open_with_failover(
     }))
 }
 
-/// Forwards one local connection. When the service cannot be reached with the record held, the
-/// record is looked up again once (a restarted service listens elsewhere and republishes).
-async fn forward(
-    handle: &Handle,
-    record: &tokio::sync::RwLock<ServiceRecord>,
-    target: &ServiceRef,
-    strategy: Strategy,
-    fallback: Option<&Fallback>,
-    tcp: TcpStream,
-    n: u64,
-) {
-    let started = Instant::now();
-    let current = record.read().await.clone();
-    let mut opened = open_with_failover(handle, &current, strategy).await;
-    if let Err(e) = &opened
-        && !matches!(e, OpenError::Refused(tunnel::Status::LocalRefused))
-        && let Ok(Ok(fresh)) = handle.resolve(target.clone()).await
-        && fresh.seq > current.seq
-    {
-        println!("connection {n}: the service moved (new record); retrying");
-        opened = open_with_failover(handle, &fresh, strategy).await;
-        *record.write().await = fresh;
-    }
-    match opened {
-        Ok((route, opened)) => {
-            println!(
-                "connection {n}: {}, setup {:.1} ms",
-                describe(&route),
-                opened.setup.as_secs_f64() * 1e3
-            );
-            let next_nonce = u64::from(!route.relays.is_empty());
-            tunnel::carry(handle, tcp, opened.tunnel, next_nonce).await;
+impl Forwarder {
+    /// Forwards one local connection. When the service cannot be reached with the record held,
+    /// the record is looked up again once (a restarted service listens elsewhere and
+    /// republishes).
+    async fn forward(&self, tcp: TcpStream, n: u64) {
+        let started = Instant::now();
+        let (handle, token) = (&self.handle, self.token.as_ref());
+        let current = self.record.read().await.clone();
+        let mut opened = open_with_failover(handle, &current, self.strategy, token).await;
+        if let Err(e) = &opened
+            && !e.is_the_services_answer()
+            && let Ok(Ok(fresh)) = handle.resolve(self.target.clone()).await
+            && fresh.seq > current.seq
+        {
+            println!("connection {n}: the service moved (new record); retrying");
+            opened = open_with_failover(handle, &fresh, self.strategy, token).await;
+            *self.record.write().await = fresh;
         }
-        Err(e @ OpenError::Refused(tunnel::Status::LocalRefused)) => {
-            eprintln!("connection {n}: {e}");
-            let _ = tcp.set_zero_linger();
-        }
-        Err(e) => {
-            let onion = record.read().await.tor_address.clone();
-            match (fallback, onion) {
-                #[cfg(feature = "tor")]
-                (Some(fallback), Some(onion)) => {
-                    println!("connection {n}: no P2P route ({e}); falling back to Tor");
-                    match fallback.connect(&onion).await {
-                        Ok(stream) => {
-                            println!(
-                                "connection {n}: over Tor to {onion}, setup {:.1} ms",
-                                started.elapsed().as_secs_f64() * 1e3
-                            );
-                            crate::tor::splice(stream, tcp).await;
-                        }
-                        Err(e) => {
-                            eprintln!("connection {n}: {e:#}");
-                            let _ = tcp.set_zero_linger();
+        match opened {
+            Ok((route, opened)) => {
+                println!(
+                    "connection {n}: {}, setup {:.1} ms",
+                    describe(&route),
+                    opened.setup.as_secs_f64() * 1e3
+                );
+                let next_nonce = u64::from(!route.relays.is_empty());
+                tunnel::carry(handle, tcp, opened.tunnel, next_nonce).await;
+            }
+            Err(OpenError::Refused(tunnel::Status::Unauthorized)) => {
+                if token.is_some() {
+                    eprintln!(
+                        "connection {n}: the service refused the access token: check --token \
+                         with the service's owner"
+                    );
+                } else {
+                    eprintln!(
+                        "connection {n}: the service requires an access token: add --token \
+                         TOKEN (the service printed it when it started with --auth)"
+                    );
+                }
+                let _ = tcp.set_zero_linger();
+            }
+            Err(e) if e.is_the_services_answer() => {
+                eprintln!("connection {n}: {e}");
+                let _ = tcp.set_zero_linger();
+            }
+            Err(e) => {
+                let onion = self.record.read().await.tor_address.clone();
+                match (&self.fallback, onion) {
+                    #[cfg(feature = "tor")]
+                    (Some(fallback), Some(onion)) => {
+                        println!("connection {n}: no P2P route ({e}); falling back to Tor");
+                        match fallback.connect(&onion).await {
+                            Ok(stream) => {
+                                println!(
+                                    "connection {n}: over Tor to {onion}, setup {:.1} ms",
+                                    started.elapsed().as_secs_f64() * 1e3
+                                );
+                                crate::tor::splice(stream, tcp).await;
+                            }
+                            Err(e) => {
+                                eprintln!("connection {n}: {e:#}");
+                                let _ = tcp.set_zero_linger();
+                            }
                         }
                     }
-                }
-                _ => {
-                    let _ = started;
-                    eprintln!("connection {n}: {e}");
-                    let _ = tcp.set_zero_linger();
+                    _ => {
+                        let _ = started;
+                        eprintln!("connection {n}: {e}");
+                        let _ = tcp.set_zero_linger();
+                    }
                 }
             }
         }

@@ -69,6 +69,12 @@ pub struct NodeStatus {
     /// had to wait for it.
     pub relay_rate: Option<u64>,
     pub relay_throttled: u64,
+    /// Whether the service requires an access token (`--auth`), and how many tunnels were
+    /// refused for not presenting it.
+    #[serde(default)]
+    pub auth_required: bool,
+    #[serde(default)]
+    pub auth_refused: u64,
     /// Seconds since the node started.
     pub uptime_s: u64,
 }
@@ -82,6 +88,8 @@ pub struct Context {
     pub port: Option<u16>,
     /// The name, if claimed.
     pub name: Option<String>,
+    /// Whether tunnels need an access token.
+    pub auth_required: bool,
     /// The Tor side, with `--tor`.
     #[cfg(feature = "tor")]
     pub tor: Option<Arc<crate::tor::TorSide>>,
@@ -170,6 +178,8 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
                 bytes_relayed: st.bytes_relayed.load(Ordering::Relaxed),
                 relay_rate: ctx.p2p.limiter.rate(),
                 relay_throttled: ctx.p2p.limiter.throttled.load(Ordering::Relaxed),
+                auth_required: ctx.auth_required,
+                auth_refused: st.auth_refused.load(Ordering::Relaxed),
                 uptime_s: ctx.started.elapsed().as_secs(),
             };
             Ok(serde_json::json!({"ok": true, "status": status}))

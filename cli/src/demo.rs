@@ -94,7 +94,7 @@ pub async fn run(json: bool) -> Result<()> {
         ("multi-hop", Strategy::MultiHop),
     ] {
         let t = Instant::now();
-        let (route, opened) = open_with_failover(&client, &record, strategy)
+        let (route, opened) = open_with_failover(&client, &record, strategy, None)
             .await
             .with_context(|| format!("cannot open a {label} tunnel"))?;
         let setup = opened.setup;
@@ -191,7 +191,10 @@ async fn node(
         max_peers: crate::config::Settings::default().max_peers,
     })
     .await?;
-    p2p::tunnel::spawn_acceptors(&h, port)?;
+    p2p::tunnel::spawn_acceptors(
+        &h,
+        port.map(|port| p2p::tunnel::Local { port, token: None }),
+    )?;
     Ok((h, n))
 }
 

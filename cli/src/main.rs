@@ -91,6 +91,13 @@ struct ServeArgs {
     /// many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     tor_timeout: u64,
+    /// Let in only clients that present an access token (`beam connect NAME --token TOKEN`);
+    /// others are refused before a byte reaches the port. With no value a token is generated
+    /// once and kept in the state directory (file auth-token); or give your own (16–128
+    /// printable characters). The token travels inside the end-to-end encryption: relays never
+    /// see it.
+    #[arg(long, value_name = "TOKEN", num_args = 0..=1, default_missing_value = "")]
+    auth: Option<String>,
     #[command(flatten)]
     p2p: P2pArgs,
 }
@@ -282,6 +289,10 @@ struct ConnectArgs {
     /// Give up on Tor when it has not bootstrapped after this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     tor_timeout: u64,
+    /// The access token of a service started with --auth (its owner has it; the service
+    /// printed it). Read from $BEAM_TOKEN when not given, which keeps it out of `ps`.
+    #[arg(long, env = "BEAM_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(flatten)]
     p2p: P2pArgs,
 }
@@ -399,10 +410,31 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                      ending with '-'"
                 );
             }
+            let tor = cli.serve.tor || settings.tor;
+            let auth = match cli.serve.auth.as_deref() {
+                None => None,
+                Some("") => {
+                    let (token, _) = p2p::auth::load_or_create(&dir)?;
+                    Some(serve::Auth {
+                        token,
+                        kept_in: Some(dir.join(p2p::auth::FILE)),
+                    })
+                }
+                Some(t) => Some(serve::Auth {
+                    token: p2p::auth::Token::parse(t)?,
+                    kept_in: None,
+                }),
+            };
+            if auth.is_some() && tor {
+                bail!(
+                    "--auth guards the P2P side only: over Tor anyone with the .onion address would \
+                     reach port {port} without a token. Run the two apart, or leave out --auth"
+                );
+            }
             let opts = serve::Options {
                 state_dir: dir,
-                tor: (cli.serve.tor || settings.tor)
-                    .then(|| std::time::Duration::from_secs(cli.serve.tor_timeout)),
+                tor: tor.then(|| std::time::Duration::from_secs(cli.serve.tor_timeout)),
+                auth,
             };
             runtime()?.block_on(serve::run(config, opts))
         }
@@ -423,6 +455,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             let opts = serve::Options {
                 state_dir: dir,
                 tor: None,
+                auth: None,
             };
             runtime()?.block_on(serve::run(config, opts))
         }
@@ -438,6 +471,11 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
         }
         Some(Command::Connect(args)) => {
             let target: beam_node::app::ServiceRef = args.target.parse()?;
+            let token = args
+                .token
+                .as_deref()
+                .map(p2p::auth::Token::parse)
+                .transpose()?;
             let bootstrap = args.p2p.bootstrap(settings);
             if bootstrap.is_empty() && !mdns {
                 bail!(
@@ -466,6 +504,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                     port: args.port,
                     strategy: args.strategy.map_or(settings.strategy, Into::into),
                     wait: std::time::Duration::from_secs(args.wait),
+                    token,
                     tor: (!args.no_tor).then(|| connect::TorFallback {
                         dir: dir.clone(),
                         timeout: std::time::Duration::from_secs(args.tor_timeout),

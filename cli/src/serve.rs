@@ -29,6 +29,16 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// `--tor`: publish an onion service too, bootstrapping Tor within this time.
     pub tor: Option<Duration>,
+    /// `--auth`: the token clients must present.
+    pub auth: Option<Auth>,
+}
+
+/// The access token of `--auth`.
+pub struct Auth {
+    /// The token.
+    pub token: p2p::auth::Token,
+    /// The file it is kept in, when it was generated (or read from there).
+    pub kept_in: Option<PathBuf>,
 }
 
 /// Runs the node until Ctrl-C.
@@ -40,7 +50,17 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
         check_local_port(s.port).await;
     }
     let (handle, mut notices) = p2p::start(config).await?;
-    p2p::tunnel::spawn_acceptors(&handle, service.as_ref().map(|s| s.port))?;
+    let token = opts
+        .auth
+        .as_ref()
+        .map(|a| std::sync::Arc::new(a.token.clone()));
+    p2p::tunnel::spawn_acceptors(
+        &handle,
+        service.as_ref().map(|s| p2p::tunnel::Local {
+            port: s.port,
+            token: token.clone(),
+        }),
+    )?;
     #[cfg(feature = "tor")]
     let tor_side = opts.tor.map(|_| crate::tor::TorSide::new());
     #[cfg(not(feature = "tor"))]
@@ -53,6 +73,7 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
             p2p: handle.clone(),
             port: service.as_ref().map(|s| s.port),
             name: service.as_ref().and_then(|s| s.name.clone()),
+            auth_required: token.is_some(),
             #[cfg(feature = "tor")]
             tor: tor_side.clone(),
             started,
@@ -64,6 +85,17 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     match &service {
         Some(s) => println!("forwarding to 127.0.0.1:{}", s.port),
         None => println!("node ({}), exposing nothing", status.participation),
+    }
+    if let Some(a) = &opts.auth {
+        let kept = a
+            .kept_in
+            .as_ref()
+            .map_or(String::new(), |p| format!("; kept in {}", p.display()));
+        println!(
+            "access token {} (clients connect with --token {}{kept})",
+            a.token.as_str(),
+            a.token.as_str()
+        );
     }
     #[cfg(feature = "tor")]
     if let (Some(side), Some(timeout), Some(s)) = (&tor_side, opts.tor, &service) {

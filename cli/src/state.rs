@@ -43,14 +43,8 @@ pub fn load_or_create_identity(dir: &Path) -> Result<(Keypair, bool)> {
             let mut secret = [0u8; 32];
             getrandom(&mut secret)?;
             let kp = Keypair::from_secret(secret);
-            let mut opts = fs::OpenOptions::new();
-            opts.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts
-                .open(&path)
+            create_private(&path, &secret)
                 .with_context(|| format!("cannot write the identity key {}", path.display()))?;
-            f.write_all(&secret)?;
             Ok((kp, true))
         }
         Err(e) => {
@@ -59,8 +53,17 @@ pub fn load_or_create_identity(dir: &Path) -> Result<(Keypair, bool)> {
     }
 }
 
-/// 32 bytes from the operating system's RNG.
-fn getrandom(buf: &mut [u8]) -> Result<()> {
+/// Creates `path` (which must not exist) readable by this user only, holding `bytes`.
+pub fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(bytes)
+}
+
+/// Bytes from the operating system's RNG.
+pub fn getrandom(buf: &mut [u8]) -> Result<()> {
     let mut f = fs::File::open("/dev/urandom").context("cannot open /dev/urandom for a new key")?;
     std::io::Read::read_exact(&mut f, buf).context("cannot read /dev/urandom")?;
     Ok(())

@@ -30,6 +30,12 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
         Some(port) => println!("forwarding to: 127.0.0.1:{port}"),
         None => println!("forwarding to: nothing (a node that exposes nothing)"),
     }
+    if s["auth_required"].as_bool() == Some(true) {
+        println!(
+            "access:        token required; {} tunnels refused without it",
+            s["auth_refused"]
+        );
+    }
     println!(
         "participation: {}",
         p["participation"].as_str().unwrap_or("?")

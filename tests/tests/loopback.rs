@@ -359,3 +359,132 @@ fn cold_starts_never_wait_out_a_dht_timeout() {
         "a cold start waited out a DHT timeout: {times:?} ms"
     );
 }
+
+/// `--auth`: a client without the token, or with another, is refused before a byte reaches the
+/// local port (the origin counts no connection); with it, direct and through relays (the token
+/// inside the end-to-end handshake), the body arrives.
+#[test]
+fn an_auth_service_lets_in_only_clients_with_its_token() {
+    let body = Arc::new(body_of(256 << 10, 11));
+    let want = sha256(&body);
+    let http = HttpServer::start(body.clone());
+    let net = network(2);
+    let sdir = TempDir::new("service");
+    let mut svc = Beam::start(
+        "service",
+        &[
+            &http.port.to_string(),
+            "--name",
+            "guarded",
+            "--auth",
+            "--listen",
+            LOOPBACK,
+            "--bootstrap",
+            &net.boot_addr,
+            "--state-dir",
+            sdir.path(),
+        ],
+    );
+    let line = svc.wait_for("access token ", T);
+    let token = line
+        .split_whitespace()
+        .nth(2)
+        .expect("the token on the line")
+        .to_string();
+    assert_eq!(token.len(), 32, "{line}");
+    let kept = std::fs::read_to_string(sdir.0.join("auth-token")).expect("kept");
+    assert_eq!(
+        kept.trim(),
+        token,
+        "the generated token is kept in the state directory"
+    );
+    svc.wait_for("published name guarded", T);
+    // `beam <PORT>` checks at start that something listens on the port: one connection.
+    let conns = || http.connections.load(std::sync::atomic::Ordering::Relaxed);
+    let before = conns();
+
+    let refused = |label: &str, extra: &[&str], why: &str| {
+        let cdir = TempDir::new(label);
+        let port = free_port();
+        let port_s = port.to_string();
+        let mut args = vec![
+            "connect",
+            "guarded",
+            "--port",
+            &port_s,
+            "--bootstrap",
+            &net.boot_addr,
+            "--listen",
+            LOOPBACK,
+            "--state-dir",
+            cdir.path(),
+        ];
+        args.extend_from_slice(extra);
+        let mut c = Beam::start(label, &args);
+        c.wait_for("listening on 127.0.0.1", T);
+        let got = beam_e2e::http_get(port, Duration::from_secs(10));
+        assert!(
+            got.as_ref().map_or(true, |f| f.body.is_empty()),
+            "{label}: a client got through: {got:?}"
+        );
+        let said = c.wait_stderr(why, T);
+        eprintln!("{label}: {said}");
+    };
+    refused("no-token", &[], "requires an access token");
+    refused(
+        "wrong-token",
+        &["--token", "not-the-token-at-all"],
+        "refused the access token",
+    );
+    refused(
+        "wrong-token-relayed",
+        &["--token", "not-the-token-at-all", "--strategy", "multi-hop"],
+        "refused the access token",
+    );
+    assert_eq!(
+        conns() - before,
+        0,
+        "no refused client reached the local port"
+    );
+
+    for strategy in ["direct", "multi-hop"] {
+        let cdir = TempDir::new(&format!("ok-{strategy}"));
+        let port = free_port();
+        let mut c = Beam::start_env(
+            "client",
+            &[
+                "connect",
+                "guarded",
+                "--port",
+                &port.to_string(),
+                "--strategy",
+                strategy,
+                "--bootstrap",
+                &net.boot_addr,
+                "--listen",
+                LOOPBACK,
+                "--state-dir",
+                cdir.path(),
+            ],
+            &[("BEAM_TOKEN", &token)],
+        );
+        c.wait_for("listening on 127.0.0.1", T);
+        let f = http_get_retry(port, T);
+        assert_eq!(sha256(&f.body), want, "{strategy} with the token");
+        let line = c.wait_for("connection 1:", T);
+        if strategy == "multi-hop" {
+            assert!(line.contains("multi-hop via"), "{line}");
+        }
+    }
+    assert_eq!(
+        conns() - before,
+        2,
+        "each client with the token reached the port once"
+    );
+    let st = status_json(&sdir);
+    assert_eq!(
+        json_u64(&st, "auth_refused"),
+        Some(3),
+        "three refusals counted: {st}"
+    );
+}

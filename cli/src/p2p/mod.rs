@@ -29,6 +29,7 @@
 //! the network, then timers), as in the simulator's driver.
 
 pub mod addr;
+pub mod auth;
 pub mod frame;
 pub mod limit;
 pub mod tunnel;
@@ -224,6 +225,8 @@ pub struct Stats {
     /// Core deadlines that did not move past the timeout just handled (deferred; see
     /// `beam_node::wakeup`).
     pub stale_timeouts: AtomicU64,
+    /// Tunnels refused for a missing or wrong access token (`--auth`).
+    pub auth_refused: AtomicU64,
 }
 
 /// A snapshot of the node for `beam status` and the status line.

@@ -37,10 +37,9 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use super::addr::to_libp2p;
+use super::auth::{self, Token};
 use super::{Handle, PROTO_CIRCUIT, PROTO_TUNNEL, Route, frame};
 
-/// The tunnel protocol's version byte.
-const TUNNEL_V1: u8 = 1;
 /// Largest circuit header read.
 const MAX_HEADER: usize = 4096;
 /// Largest handshake message read.
@@ -61,6 +60,8 @@ pub enum Status {
     RelayRefused,
     /// A relay could not reach the next hop.
     NextHopFailed,
+    /// The service requires an access token and none, or another, was presented.
+    Unauthorized,
     /// Anything else.
     Unknown(u8),
 }
@@ -73,6 +74,7 @@ impl Status {
             Status::NoService => 2,
             Status::RelayRefused => 3,
             Status::NextHopFailed => 4,
+            Status::Unauthorized => 5,
             Status::Unknown(b) => b,
         }
     }
@@ -84,6 +86,7 @@ impl Status {
             2 => Status::NoService,
             3 => Status::RelayRefused,
             4 => Status::NextHopFailed,
+            5 => Status::Unauthorized,
             b => Status::Unknown(b),
         }
     }
@@ -99,6 +102,9 @@ impl std::fmt::Display for Status {
             Status::NoService => "the peer reached runs no service",
             Status::RelayRefused => "a relay refused the circuit",
             Status::NextHopFailed => "a relay could not reach the next hop",
+            Status::Unauthorized => {
+                "the service requires an access token and refused this one (or none was given)"
+            }
             Status::Unknown(_) => "the far end answered with an unknown status",
         })
     }
@@ -128,6 +134,17 @@ pub enum OpenError {
     /// The end-to-end handshake failed (a wrong key, or a relay altering data).
     #[error("the end-to-end handshake with the service failed: {0}")]
     Handshake(String),
+}
+
+impl OpenError {
+    /// The service itself answered no (its port refused, or the token was wrong): another
+    /// route would get the same answer.
+    pub fn is_the_services_answer(&self) -> bool {
+        matches!(
+            self,
+            OpenError::Refused(Status::LocalRefused | Status::Unauthorized)
+        )
+    }
 }
 
 /// An open tunnel, before it carries a TCP connection.
@@ -174,8 +191,12 @@ async fn step<T, E: std::fmt::Display>(
     }
 }
 
-/// Opens a tunnel to the service along `route`.
-pub async fn open(handle: &Handle, route: &Route) -> Result<Opened, OpenError> {
+/// Opens a tunnel to the service along `route`, presenting `token` if given.
+pub async fn open(
+    handle: &Handle,
+    route: &Route,
+    token: Option<&Token>,
+) -> Result<Opened, OpenError> {
     let start = Instant::now();
     let service = to_libp2p(&route.service).ok_or_else(|| OpenError::Unreachable {
         what: "the service".into(),
@@ -196,19 +217,20 @@ pub async fn open(handle: &Handle, route: &Route) -> Result<Opened, OpenError> {
             .with(libp2p::multiaddr::Protocol::P2p(relay))
             .with(libp2p::multiaddr::Protocol::P2pCircuit);
         handle.dial(service, vec![circuit]).await;
-        return open_direct(&mut control, service, start).await;
+        return open_direct(&mut control, service, token, start).await;
     }
     if route.relays.is_empty() {
         handle.dial(service, route.endpoints.clone()).await;
-        return open_direct(&mut control, service, start).await;
+        return open_direct(&mut control, service, token, start).await;
     }
-    open_circuit(handle, route, &mut control, start).await
+    open_circuit(handle, route, &mut control, token, start).await
 }
 
 /// Opens `/beam/tunnel/1` to `service` (over whatever connection there is or is being made).
 async fn open_direct(
     control: &mut libp2p_stream::Control,
     service: libp2p::PeerId,
+    token: Option<&Token>,
     start: Instant,
 ) -> Result<Opened, OpenError> {
     let s = step(
@@ -218,7 +240,7 @@ async fn open_direct(
     .await?;
     let mut s = s.compat();
     step("the service", async {
-        s.write_all(&[TUNNEL_V1]).await?;
+        s.write_all(&auth::hello(token)).await?;
         s.flush().await
     })
     .await?;
@@ -238,6 +260,7 @@ async fn open_circuit(
     handle: &Handle,
     route: &Route,
     control: &mut libp2p_stream::Control,
+    token: Option<&Token>,
     start: Instant,
 ) -> Result<Opened, OpenError> {
     let Some(key) = route.noise_key else {
@@ -289,7 +312,7 @@ async fn open_circuit(
         return Err(OpenError::Refused(Status::from_byte(msg2[0])));
     }
     let (mut session, msg3) = init
-        .finish(&msg2, &[TUNNEL_V1])
+        .finish(&msg2, &auth::hello(token))
         .map_err(|e| OpenError::Handshake(e.to_string()))?;
     step("the service", async {
         frame::write(&mut s, &msg3).await?;
@@ -494,10 +517,37 @@ async fn pump_sealed(
     tokio::try_join!(up, down).map(|_| ())
 }
 
-/// Accepts tunnels (when `service_port` is set) and circuits (always: for us, or to relay).
-pub fn spawn_acceptors(handle: &Handle, service_port: Option<u16>) -> anyhow::Result<()> {
+/// The service tunnels reach: its local port, and the token it requires if any.
+#[derive(Clone, Debug)]
+pub struct Local {
+    /// The port on 127.0.0.1.
+    pub port: u16,
+    /// `--auth`: only clients presenting this token reach the port.
+    pub token: Option<Arc<Token>>,
+}
+
+impl Local {
+    /// Whether a client that presented `token` may reach the port; counts a refusal.
+    fn admits(&self, handle: &Handle, token: Option<&[u8]>) -> bool {
+        let Some(required) = &self.token else {
+            return true;
+        };
+        let ok = required.admits(token);
+        if !ok {
+            handle.stats.auth_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                presented = token.is_some(),
+                "refused a tunnel without the right access token"
+            );
+        }
+        ok
+    }
+}
+
+/// Accepts tunnels (when `local` is set) and circuits (always: for us, or to relay).
+pub fn spawn_acceptors(handle: &Handle, local: Option<Local>) -> anyhow::Result<()> {
     let mut control = handle.control.clone();
-    if let Some(port) = service_port {
+    if let Some(local) = local.clone() {
         let mut incoming = control
             .accept(PROTO_TUNNEL)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -505,7 +555,8 @@ pub fn spawn_acceptors(handle: &Handle, service_port: Option<u16>) -> anyhow::Re
         tokio::spawn(async move {
             while let Some((_, stream)) = incoming.next().await {
                 let h = h.clone();
-                tokio::spawn(async move { serve_direct(&h, stream.compat(), port).await });
+                let local = local.clone();
+                tokio::spawn(async move { serve_direct(&h, stream.compat(), &local).await });
             }
         });
     }
@@ -516,18 +567,51 @@ pub fn spawn_acceptors(handle: &Handle, service_port: Option<u16>) -> anyhow::Re
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
             let h = h.clone();
-            tokio::spawn(async move { on_circuit(&h, peer, stream.compat(), service_port).await });
+            let local = local.clone();
+            tokio::spawn(async move { on_circuit(&h, peer, stream.compat(), local).await });
         }
     });
     Ok(())
 }
 
-async fn serve_direct(handle: &Handle, mut s: Compat<libp2p::Stream>, port: u16) {
-    let mut v = [0u8; 1];
-    if step("the client", s.read_exact(&mut v)).await.is_err() || v[0] != TUNNEL_V1 {
-        handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+/// Reads a direct tunnel's hello: the token presented, if any.
+async fn read_hello<R: AsyncRead + Unpin>(s: &mut R) -> Result<Option<Vec<u8>>, String> {
+    let mut head = [0u8; 2];
+    step("the client", s.read_exact(&mut head[..1]))
+        .await
+        .map_err(|e| e.to_string())?;
+    if head[0] != auth::HELLO_TOKEN {
+        return auth::parse_hello(&head[..1])
+            .map(|_| None)
+            .map_err(|e| e.to_string());
+    }
+    step("the client", s.read_exact(&mut head[1..]))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut token = vec![0u8; usize::from(head[1])];
+    step("the client", s.read_exact(&mut token))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut whole = head.to_vec();
+    whole.extend_from_slice(&token);
+    auth::parse_hello(&whole).map_err(|e| e.to_string())?;
+    Ok(Some(token))
+}
+
+async fn serve_direct(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Local) {
+    let token = match read_hello(&mut s).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(error = %e, "a direct tunnel without a valid hello");
+            handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    if !local.admits(handle, token.as_deref()) {
+        let _ = write_byte(&mut s, Status::Unauthorized).await;
         return;
     }
+    let port = local.port;
     match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(tcp) => {
             let _ = tcp.set_nodelay(true);
@@ -557,7 +641,7 @@ async fn on_circuit(
     handle: &Handle,
     from: libp2p::PeerId,
     mut s: Compat<libp2p::Stream>,
-    service_port: Option<u16>,
+    local: Option<Local>,
 ) {
     let header = match step("the previous hop", frame::read(&mut s, MAX_HEADER)).await {
         Ok(Some(h)) => h,
@@ -571,8 +655,8 @@ async fn on_circuit(
         return;
     };
     if header.hops.is_empty() {
-        match service_port {
-            Some(port) => serve_sealed(handle, s, port).await,
+        match local {
+            Some(local) => serve_sealed(handle, s, &local).await,
             None => refuse(&mut s, Status::NoService).await,
         }
     } else {
@@ -676,7 +760,7 @@ async fn relay(
     }
 }
 
-async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, port: u16) {
+async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Local) {
     let Ok(responder) = handle.e2e_responder().await else {
         return;
     };
@@ -691,14 +775,17 @@ async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, port: u16)
         .map_err(|e| e.to_string())?;
         let msg3 = read_step(&mut s).await?;
         let (mut session, first) = pending.finish(&msg3).map_err(|e| e.to_string())?;
-        if first != [TUNNEL_V1] {
-            return Err("unknown tunnel version".into());
-        }
-        let (tcp, st) = match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(tcp) => (Some(tcp), Status::Ok),
-            Err(e) => {
-                tracing::warn!(port, error = %e, "a tunnel arrived but the local port refused it");
-                (None, Status::LocalRefused)
+        let token = auth::parse_hello(&first).map_err(|e| e.to_string())?;
+        let port = local.port;
+        let (tcp, st) = if !local.admits(handle, token) {
+            (None, Status::Unauthorized)
+        } else {
+            match TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(tcp) => (Some(tcp), Status::Ok),
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "a tunnel arrived but the local port refused it");
+                    (None, Status::LocalRefused)
+                }
             }
         };
         let sealed = session
