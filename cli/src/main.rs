@@ -262,6 +262,39 @@ enum TorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Restricted discovery (Tor client authorization): with at least one client authorized,
+    /// only those clients can find the onion service at all; anyone else who knows the .onion
+    /// gets nothing. Takes effect when `beam <PORT> --tor` (re)starts.
+    Client {
+        #[command(subcommand)]
+        command: TorClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TorClientCommand {
+    /// Authorize a client. Without --key, generates its key pair and prints the line its tor
+    /// needs (C tor: a file NAME.auth_private in its ClientOnionAuthDir; Tor Browser asks for
+    /// the key when it visits).
+    Add {
+        /// A name for the client (lower-case letters, digits, '-', '_').
+        name: String,
+        /// The client's own public key, `descriptor:x25519:…` (when it made its pair itself).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// The authorized clients.
+    List {
+        /// Print JSON: [{"name", "key"}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw a client's authorization (on the next restart; a client that already knows
+    /// the service's introduction points may keep reaching it until they change).
+    Remove {
+        /// The client's name.
+        name: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -425,10 +458,12 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                     kept_in: None,
                 }),
             };
-            if auth.is_some() && tor {
+            #[cfg(feature = "tor")]
+            if auth.is_some() && tor && tor::clients::list(&tor::dir(&dir))?.is_empty() {
                 bail!(
-                    "--auth guards the P2P side only: over Tor anyone with the .onion address would \
-                     reach port {port} without a token. Run the two apart, or leave out --auth"
+                    "--auth guards the P2P side; over Tor anyone with the .onion address would \
+                     reach port {port} without a token. Restrict the onion service to known \
+                     clients first (`beam tor client add NAME`), or leave out --auth or --tor"
                 );
             }
             let opts = serve::Options {
@@ -523,6 +558,9 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             let dir = state::dir(cli.state_dir)?;
             runtime()?.block_on(status::tor(&dir, json))
         }
+        Some(Command::Tor {
+            command: TorCommand::Client { command },
+        }) => tor_client(&state::dir(cli.state_dir)?, command),
         Some(Command::Id { json }) => {
             let dir = state::dir(cli.state_dir)?;
             let (kp, created) = state::load_or_create_identity(&dir)?;
@@ -596,4 +634,53 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             emit(&out)
         }
     }
+}
+
+/// `beam tor client …`.
+#[cfg(feature = "tor")]
+fn tor_client(state_dir: &std::path::Path, command: TorClientCommand) -> Result<()> {
+    let dir = tor::dir(state_dir);
+    match command {
+        TorClientCommand::Add { name, key } => {
+            let added = tor::clients::add(&dir, &name, key.as_deref())?;
+            println!("authorized {name}: {}", added.client.key);
+            if let Some(private) = added.private {
+                let onion = added.onion.as_deref().unwrap_or("ONION.onion");
+                let host = onion.trim_end_matches(".onion");
+                println!("private key for {name} (give it to them only): {private}");
+                println!("C tor: put this line in {name}.auth_private in its ClientOnionAuthDir:");
+                println!("{host}:{private}");
+                if added.onion.is_none() {
+                    println!(
+                        "(ONION is the service's address: `beam <PORT> --tor` prints it once it runs)"
+                    );
+                }
+            }
+            eprintln!("takes effect when `beam <PORT> --tor` (re)starts");
+        }
+        TorClientCommand::List { json } => {
+            let clients = tor::clients::list(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string(&clients)?);
+            } else if clients.is_empty() {
+                println!(
+                    "no authorized clients: anyone with the .onion address can find the service"
+                );
+            } else {
+                for c in clients {
+                    println!("{}  {}", c.name, c.key);
+                }
+            }
+        }
+        TorClientCommand::Remove { name } => {
+            tor::clients::remove(&dir, &name)?;
+            eprintln!("removed {name} (takes effect when `beam <PORT> --tor` restarts)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "tor"))]
+fn tor_client(_: &std::path::Path, _: TorClientCommand) -> Result<()> {
+    bail!("this beam was built without Tor (rebuild with the default `tor` feature)")
 }

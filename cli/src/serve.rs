@@ -246,7 +246,7 @@ async fn run_tor(
             return;
         }
     };
-    let onion = match tor::launch(&client, port, side.stats.clone()) {
+    let onion = match tor::launch(&client, &dir, port, side.stats.clone()) {
         Ok(o) => std::sync::Arc::new(o),
         Err(e) => {
             eprintln!("error: {e:#}. The P2P side keeps running.");
@@ -256,7 +256,14 @@ async fn run_tor(
     };
     println!("Tor URL: http://{}", onion.address);
     handle.set_tor_address(Some(onion.address.clone())).await;
-    side.running(client, Some(onion));
+    side.running(client, Some(onion.clone()));
+    if let Some(n) = onion.restricted {
+        println!(
+            "Tor: restricted discovery: only the {n} authorized clients can find the onion service \
+             (beam tor client list); not self-tested (this node holds no client key)"
+        );
+        return;
+    }
     // Until a visitor's path through the Tor network works, try it as a visitor would.
     let give_up = Instant::now() + Duration::from_secs(600);
     while Instant::now() < give_up {

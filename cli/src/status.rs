@@ -99,8 +99,16 @@ pub async fn tor(state_dir: &Path, json: bool) -> Result<()> {
             .as_u64()
             .map_or(String::new(), |p| format!(" → 127.0.0.1:{p}"));
         println!("onion service:  http://{onion}{to}");
+        match t["restricted_clients"].as_u64() {
+            Some(n) => println!(
+                "discovery:      restricted to {n} authorized clients (beam tor client list)"
+            ),
+            None => println!("discovery:      open (anyone with the address)"),
+        }
         let test = &t["self_test"];
-        let test_text = if test.is_null() {
+        let test_text = if test.is_null() && !t["restricted_clients"].is_null() {
+            "not possible in restricted mode (this node holds no client key)".to_string()
+        } else if test.is_null() {
             "not run yet".to_string()
         } else if test["reachable"] == Value::Bool(true) {
             format!(

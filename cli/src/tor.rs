@@ -32,6 +32,8 @@ use tor_hsservice::{HsNickname, RendRequest, RunningOnionService, StreamRequest}
 use tor_proto::stream::IncomingStreamRequest;
 use tor_rtcompat::PreferredRuntime;
 
+pub mod clients;
+
 /// Names an Arti configuration file that replaces the default Tor network (tests).
 pub const CONFIG_ENV: &str = "BEAM_ARTI_CONFIG";
 /// The onion service's virtual port: `http://X.onion/` reaches the local port.
@@ -110,7 +112,7 @@ fn config(dir: &Path) -> Result<arti_client::TorClientConfig> {
 }
 
 /// Arti refuses state directories others can write to; beam's are the owner's alone.
-fn create_private_dir(path: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -208,6 +210,8 @@ pub struct Onion {
     /// `….onion`.
     pub address: String,
     running: Arc<RunningOnionService>,
+    /// Restricted discovery: how many clients may find the service (`None`: anyone may).
+    pub restricted: Option<usize>,
 }
 
 impl Onion {
@@ -222,11 +226,20 @@ impl Onion {
 }
 
 /// Launches the onion service and serves its rendezvous requests: virtual port 80 to
-/// `127.0.0.1:port`, everything else refused.
-pub fn launch(client: &Client, port: u16, stats: Arc<TorStats>) -> Result<Onion> {
+/// `127.0.0.1:port`, everything else refused. With authorized clients in `tor_dir`
+/// ([`clients`]) only they can find it (restricted discovery).
+pub fn launch(client: &Client, tor_dir: &Path, port: u16, stats: Arc<TorStats>) -> Result<Onion> {
     let nickname = HsNickname::new(NICKNAME.to_string()).map_err(|e| anyhow!("{e}"))?;
-    let config = OnionServiceConfigBuilder::default()
-        .nickname(nickname)
+    let authorized = clients::keys(tor_dir)?;
+    let restricted = (!authorized.is_empty()).then_some(authorized.len());
+    let mut builder = OnionServiceConfigBuilder::default();
+    builder.nickname(nickname);
+    if restricted.is_some() {
+        let rd = builder.restricted_discovery();
+        rd.enabled(true);
+        rd.static_keys().access().extend(authorized);
+    }
+    let config = builder
         .build()
         .map_err(|e| anyhow!("onion service configuration: {e}"))?;
     let (running, requests) = client
@@ -238,8 +251,16 @@ pub fn launch(client: &Client, port: u16, stats: Arc<TorStats>) -> Result<Onion>
         .context("the onion service has no address")?
         .display_unredacted()
         .to_string();
+    // Noted for `beam tor client add`, which prints the client's whole key line.
+    if let Err(e) = std::fs::write(clients::address_file(tor_dir), format!("{address}\n")) {
+        tracing::warn!(error = %e, "cannot note the onion address");
+    }
     tokio::spawn(serve(Box::pin(requests), port, stats));
-    Ok(Onion { address, running })
+    Ok(Onion {
+        address,
+        running,
+        restricted,
+    })
 }
 
 /// One task per rendezvous circuit; one per stream on it.
@@ -466,6 +487,9 @@ pub struct TorStatus {
     pub self_test: Option<SelfTest>,
     /// Seconds since `self_test` ran.
     pub self_test_age_s: Option<u64>,
+    /// Restricted discovery: the number of authorized clients (`None`: anyone with the address
+    /// can find the service).
+    pub restricted_clients: Option<usize>,
     /// Circuits carrying beam traffic now: visitors' rendezvous circuits and this node's own
     /// client streams.
     pub circuits_in_use: usize,
@@ -536,11 +560,13 @@ impl TorSide {
     /// Runs a reachability self-test now and keeps its result.
     pub async fn test(&self, timeout: Duration) -> Option<SelfTest> {
         let (client, onion) = match &*self.lock() {
+            // Restricted discovery: this node holds no client key, so it cannot find its own
+            // service either.
             Phase::Running {
                 client,
                 onion: Some(o),
                 ..
-            } => (client.clone(), o.address.clone()),
+            } if o.restricted.is_none() => (client.clone(), o.address.clone()),
             _ => return None,
         };
         let t = self_test(&client, &onion, timeout).await;
@@ -566,6 +592,7 @@ impl TorSide {
             last_rendezvous_age_s: None,
             self_test: None,
             self_test_age_s: None,
+            restricted_clients: None,
             circuits_in_use: s.service_circuits.load(Ordering::Relaxed)
                 + s.client_streams.load(Ordering::Relaxed),
             introductions: s.introductions.load(Ordering::Relaxed),
@@ -602,6 +629,7 @@ impl TorSide {
                 if let Some(o) = onion {
                     let (state, problem) = o.arti_state();
                     out.onion_address = Some(o.address.clone());
+                    out.restricted_clients = o.restricted;
                     out.service_state = Some(state);
                     out.service_problem = problem;
                 }

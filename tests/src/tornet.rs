@@ -59,8 +59,14 @@ struct Authority {
 pub struct TorNet {
     /// Where everything lives (removed when dropped).
     pub dir: TempDir,
-    /// The C-tor client's SOCKS port on 127.0.0.1.
+    /// The C-tor client's SOCKS port on 127.0.0.1 (extended SOCKS errors on: a refusal says
+    /// why, e.g. 0xF4 for an onion service that needs client authorization).
     pub socks_port: u16,
+    /// A second C-tor client, whose onion client keys are in [`TorNet::auth_dir`] (read when it
+    /// starts and on [`TorNet::reload_auth_client`]).
+    pub auth_socks_port: u16,
+    /// The second client's `ClientOnionAuthDir`: `NAME.auth_private` files.
+    pub auth_dir: PathBuf,
     /// The Arti configuration for this network.
     pub arti_config: PathBuf,
     procs: Vec<(String, Child)>,
@@ -183,7 +189,19 @@ impl TorNet {
         let socks_port = free_port();
         configs.push((
             "client".into(),
-            format!("{common}SocksPort 127.0.0.1:{socks_port}\nClientOnly 1\n"),
+            format!("{common}SocksPort 127.0.0.1:{socks_port} ExtendedErrors\nClientOnly 1\n"),
+        ));
+        let auth_socks_port = free_port();
+        let auth_dir = root.join("client-auth").join("onion_auth");
+        std::fs::create_dir_all(&auth_dir).expect("mkdir");
+        set_private(&auth_dir);
+        configs.push((
+            "client-auth".into(),
+            format!(
+                "{common}SocksPort 127.0.0.1:{auth_socks_port} ExtendedErrors\nClientOnly 1\n\
+                 ClientOnionAuthDir {}\n",
+                auth_dir.display()
+            ),
         ));
         let mut procs = vec![];
         for (name, torrc) in configs {
@@ -210,9 +228,22 @@ impl TorNet {
         TorNet {
             dir,
             socks_port,
+            auth_socks_port,
+            auth_dir,
             arti_config,
             procs,
         }
+    }
+
+    /// Makes the second client read [`TorNet::auth_dir`] again (SIGHUP: tor reloads its
+    /// configuration, client keys included).
+    pub fn reload_auth_client(&self) {
+        let (_, child) = self
+            .procs
+            .iter()
+            .find(|(name, _)| name == "client-auth")
+            .expect("the client-auth process");
+        run(Command::new("kill").args(["-HUP", &child.id().to_string()]));
     }
 
     /// Waits until the C-tor client has bootstrapped (the network has a consensus and the client

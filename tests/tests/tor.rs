@@ -7,7 +7,10 @@
 //!    and gets the exact body; `beam tor status` measures it reachable.
 //! 2. `beam connect <onion> --port X` serves the onion service on a local port (Arti client).
 //! 3. Restarted with the same state directory, the service has the same `.onion`.
-//! 4. Fallback: with new connections to the service's P2P port refused (an nftables rule on
+//! 4. Restricted discovery (step 5 in the code, before the fallback, which needs root): with
+//!    a client authorized (`beam tor client add`), its C tor fetches the service and another C
+//!    tor cannot find it.
+//! 5. Fallback: with new connections to the service's P2P port refused (an nftables rule on
 //!    the output hook, so root; skipped outside CI without it), `beam connect NAME` resolves
 //!    the signed record over P2P, finds no P2P route, and reaches the service over Tor, saying so.
 //!
@@ -315,6 +318,96 @@ fn onion_service_on_a_private_tor_network() {
     );
     // The record carries the .onion once the onion service runs (a republish).
     std::thread::sleep(Duration::from_secs(2));
+
+    // 5. Restricted discovery: with one client authorized, that client's tor fetches the
+    // service and any other tor cannot even find it (extended SOCKS error 0xF4: the descriptor
+    // needs client authorization). `--auth` with `--tor` is refused until the onion service is
+    // restricted.
+    let rdir = TempDir::new("tor-restricted");
+    let rport = free_port();
+    let rlisten = format!("/ip4/127.0.0.1/tcp/{rport}");
+    let rargs = [
+        "--state-dir",
+        rdir.path(),
+        port.as_str(),
+        "--tor",
+        "--auth",
+        "--bootstrap",
+        boot_addr.as_str(),
+        "--listen",
+        rlisten.as_str(),
+    ];
+    let (ok, said) = beam_output(&rargs);
+    assert!(!ok && said.contains("beam tor client add"), "{said}");
+    let (ok, added) = beam_output(&["--state-dir", rdir.path(), "tor", "client", "add", "alice"]);
+    assert!(ok, "{added}");
+    let private = added
+        .lines()
+        .find_map(|l| l.strip_prefix("private key for alice (give it to them only): "))
+        .unwrap_or_else(|| panic!("no private key in {added}"))
+        .to_string();
+    let (ok, listed) = beam_output(&["--state-dir", rdir.path(), "tor", "client", "list"]);
+    assert!(
+        ok && listed.starts_with("alice  descriptor:x25519:"),
+        "{listed}"
+    );
+    let t = Instant::now();
+    let mut rsvc = Beam::start_env("restricted", &rargs, &env);
+    let rurl = rsvc.wait_for("Tor URL: http://", Duration::from_secs(90));
+    let ronion = rurl
+        .trim_start_matches("Tor URL: http://")
+        .trim()
+        .to_string();
+    rsvc.wait_for(
+        "Tor: restricted discovery: only the 1 authorized",
+        Duration::from_secs(10),
+    );
+    let host = ronion.trim_end_matches(".onion");
+    std::fs::write(
+        net.auth_dir.join("alice.auth_private"),
+        format!("{host}:{private}\n"),
+    )
+    .expect("write the client key");
+    net.reload_auth_client();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut tries = 0;
+    let authorized = loop {
+        tries += 1;
+        match beam_e2e::socks_get(net.auth_socks_port, &ronion, Duration::from_secs(30)) {
+            Ok(f) if sha256(&f.body) == want => break f,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the authorized client never fetched {ronion} ({tries} tries; last: \
+                     {other:?})\n{}",
+                    net.logs()
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
+    eprintln!(
+        "restricted onion service: fetched by the authorized C-tor client {:.1} s after start \
+         ({tries} tries; first byte {:.0} ms)",
+        t.elapsed().as_secs_f64(),
+        authorized.first_byte.as_secs_f64() * 1e3
+    );
+    // The other client: the descriptor is published (the authorized one just used it), but it
+    // cannot read it.
+    for _ in 0..2 {
+        let err = beam_e2e::socks_get(net.socks_port, &ronion, Duration::from_secs(30))
+            .expect_err("an unauthorized client reached a restricted onion service");
+        assert!(
+            err.to_string().contains("reply code 244"),
+            "the unauthorized client failed, but not for lack of client authorization: {err}"
+        );
+    }
+    let (ok, rstatus) = beam_output(&["--state-dir", rdir.path(), "tor", "status", "--json"]);
+    assert!(
+        ok && rstatus.contains("\"restricted_clients\":1"),
+        "{rstatus}"
+    );
+    drop(rsvc);
 
     // 4. No P2P route: beam connect NAME falls back to Tor.
     if !beam_e2e::netns::have_privileges("Tor fallback") {
