@@ -26,39 +26,40 @@ fn tap_env(d: &TempDir) -> String {
 }
 
 fn network(relays: usize) -> Net {
+    network_with(relays, &[])
+}
+
+/// A network whose nodes all get `extra` arguments too.
+fn network_with(relays: usize, extra: &[&str]) -> Net {
     let mut dirs = vec![TempDir::new("boot")];
     let tap = tap_env(&dirs[0]);
-    let mut boot = Beam::start_env(
-        "boot",
-        &[
-            "node",
-            "--p2p-full",
-            "--listen",
-            LOOPBACK,
-            "--state-dir",
-            dirs[0].path(),
-        ],
-        &[("BEAM_RELAY_TAP", &tap)],
-    );
+    let mut args = vec![
+        "node",
+        "--p2p-full",
+        "--listen",
+        LOOPBACK,
+        "--state-dir",
+        dirs[0].path(),
+    ];
+    args.extend_from_slice(extra);
+    let mut boot = Beam::start_env("boot", &args, &[("BEAM_RELAY_TAP", &tap)]);
     let boot_addr = listen_addr(&boot.wait_for("listening ", T));
     let mut rs = vec![];
     for i in 0..relays {
         let d = TempDir::new(&format!("relay{i}"));
         let tap = tap_env(&d);
-        let mut r = Beam::start_env(
-            &format!("relay{i}"),
-            &[
-                "node",
-                "--p2p-routing",
-                "--listen",
-                LOOPBACK,
-                "--bootstrap",
-                &boot_addr,
-                "--state-dir",
-                d.path(),
-            ],
-            &[("BEAM_RELAY_TAP", &tap)],
-        );
+        let mut args = vec![
+            "node",
+            "--p2p-routing",
+            "--listen",
+            LOOPBACK,
+            "--bootstrap",
+            &boot_addr,
+            "--state-dir",
+            d.path(),
+        ];
+        args.extend_from_slice(extra);
+        let mut r = Beam::start_env(&format!("relay{i}"), &args, &[("BEAM_RELAY_TAP", &tap)]);
         r.wait_for("joined the network", T);
         rs.push(r);
         dirs.push(d);
@@ -487,4 +488,61 @@ fn an_auth_service_lets_in_only_clients_with_its_token() {
         Some(3),
         "three refusals counted: {st}"
     );
+}
+
+/// A relay killed in the middle of a 50 MiB download (relays capped at 10 MiB/s, so the transfer
+/// takes ~5 s and the kill lands ~1 s in): the client's transfer fails loudly (the connection is
+/// reset, never closed as if complete) or completes — never a wrong or truncated body — and the
+/// next request, over a route around the dead relay, gets the right hash.
+#[test]
+fn a_relay_killed_mid_download_never_yields_a_wrong_body() {
+    let body = Arc::new(body_of(50 << 20, 21));
+    let want = sha256(&body);
+    let http = HttpServer::start(body.clone());
+    let mut net = network_with(3, &["--relay-rate", "10"]);
+    let sdir = TempDir::new("service");
+    let (_svc, _) = service(&net, http.port, "middie", &sdir);
+    let cdir = TempDir::new("client");
+    let (mut c, port, _) = connect(&net, "middie", "multi-hop", &cdir);
+    let fetch = std::thread::spawn(move || beam_e2e::http_get(port, Duration::from_secs(60)));
+    let line = c.wait_for("connection 1:", T);
+    let used: Vec<String> = line
+        .split("via ")
+        .nth(1)
+        .and_then(|r| r.split(" to ").next())
+        .map(|r| r.split(", ").map(str::to_string).collect())
+        .unwrap_or_default();
+    let ids: Vec<String> = net
+        .relays
+        .iter_mut()
+        .map(|r| r.wait_for("beam://", T))
+        .collect();
+    let i = ids
+        .iter()
+        .position(|id| used.iter().any(|u| id.starts_with(&format!("beam://{u}"))))
+        .expect("a relay process on the route");
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    net.relays[i].kill();
+    let first = fetch.join().expect("the fetch thread");
+    match &first {
+        Ok(f) => assert_eq!(
+            sha256(&f.body),
+            want,
+            "a transfer that completed has the right body"
+        ),
+        Err(e) => eprintln!(
+            "mid-download kill: the transfer failed loudly after {:?}: {e}",
+            t.elapsed()
+        ),
+    }
+    assert!(
+        first.is_err(),
+        "the kill landed after the transfer ended: make the transfer slower"
+    );
+    let again = http_get_retry(port, T);
+    assert_eq!(sha256(&again.body), want, "the retry over another route");
+    let line2 = c.wait_for("connection 2:", T);
+    eprintln!("retry: {line2} (first: {line})");
+    assert!(net.boot.running());
 }
