@@ -22,6 +22,10 @@
 //!   predict the RTT to a peer from the coordinates in its record.
 //! - [`app`] — the application layer both drivers share: a `beam://` address or a name →
 //!   the service's verified record ([`app::ServiceRef`], [`Node::resolve`]).
+//! - [`tunnel`] — the tunnel's own framing the driver reads from peers: circuit headers and
+//!   the hello that carries an access token.
+//! - [`fuzzing`] — the fuzz targets' harnesses (`fuzz/`), also run on the committed corpus
+//!   in the normal test suite.
 //! - [`node`] — [`Node`], which composes the parts behind one calling contract.
 //!
 //! # Design
@@ -39,12 +43,14 @@ pub mod app;
 pub mod coords;
 pub mod dht;
 pub mod e2e;
+pub mod fuzzing;
 pub mod gossip;
 pub mod health;
 pub mod id;
 pub mod node;
 pub mod record;
 pub mod routing;
+pub mod tunnel;
 pub mod wakeup;
 pub mod wire;
 

@@ -277,14 +277,37 @@ fn check_bounds(msg: &Message) -> Result<(), DecodeError> {
             }
             check_contacts(ahead)
         }
-        Message::Dht(DhtMessage::Response { body, .. }) => match body {
-            Response::Nodes { closer } => check_contacts(closer),
-            Response::Value { record, closer } => {
-                check_contacts(closer)?;
-                record.as_ref().map_or(Ok(()), check_record)
-            }
-            Response::Pong | Response::Stored { .. } => Ok(()),
-        },
+        Message::Dht(DhtMessage::Response { body, position, .. }) => {
+            check_position(position.as_ref())?;
+            check_response(body)
+        }
+    }
+}
+
+/// Coordinates a peer sends must be numbers: NaN or infinity never reach Vivaldi or scoring
+/// (found by the `wire` fuzz target: a NaN position decoded, and so also failed to equal itself).
+fn check_position(p: Option<&Position>) -> Result<(), DecodeError> {
+    match p {
+        Some(p)
+            if !(p.coords.x.is_finite()
+                && p.coords.y.is_finite()
+                && p.coords.height.is_finite()
+                && p.error.is_finite()) =>
+        {
+            Err(DecodeError::OutOfBounds("position"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_response(body: &Response) -> Result<(), DecodeError> {
+    match body {
+        Response::Nodes { closer } => check_contacts(closer),
+        Response::Value { record, closer } => {
+            check_contacts(closer)?;
+            record.as_ref().map_or(Ok(()), check_record)
+        }
+        Response::Pong | Response::Stored { .. } => Ok(()),
     }
 }
 
@@ -439,6 +462,34 @@ mod tests {
             },
         });
         assert!(matches!(encode(&m), Err(EncodeError::TooLarge(_))));
+    }
+
+    #[test]
+    fn a_position_that_is_not_a_number_is_refused() {
+        let mut m = DhtMessage::Response {
+            id: 1,
+            position: Some(Position {
+                coords: crate::record::Coordinates {
+                    x: 1.0,
+                    y: 2.0,
+                    height: 0.5,
+                },
+                error: 0.3,
+            }),
+            body: Response::Pong,
+        };
+        let ok = encode(&Message::Dht(m.clone())).expect("encodes");
+        assert!(decode(&ok).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            if let DhtMessage::Response {
+                position: Some(p), ..
+            } = &mut m
+            {
+                p.coords.x = bad;
+            }
+            let bytes = encode(&Message::Dht(m.clone())).expect("encodes");
+            assert_eq!(decode(&bytes), Err(DecodeError::OutOfBounds("position")));
+        }
     }
 
     proptest! {

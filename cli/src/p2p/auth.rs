@@ -18,8 +18,8 @@ use subtle::ConstantTimeEq;
 
 /// Shortest token accepted from the user: shorter ones can be guessed.
 pub const MIN_LEN: usize = 16;
-/// Longest token (it must fit in one byte of length on the wire).
-pub const MAX_LEN: usize = 128;
+/// Longest token (its length is one byte on the wire).
+pub const MAX_LEN: usize = beam_node::tunnel::MAX_TOKEN;
 /// The file in the state directory that keeps a generated token across restarts.
 pub const FILE: &str = "auth-token";
 
@@ -110,44 +110,7 @@ pub fn load_or_create(dir: &Path) -> Result<(Token, bool)> {
 
 /// The first bytes a client sends on a tunnel: the version, and the token if it has one.
 pub fn hello(token: Option<&Token>) -> Vec<u8> {
-    match token {
-        None => vec![HELLO_V1],
-        Some(t) => {
-            let mut v = vec![HELLO_TOKEN, t.text.len() as u8];
-            v.extend_from_slice(t.text.as_bytes());
-            v
-        }
-    }
-}
-
-/// A tunnel with no token.
-pub const HELLO_V1: u8 = 1;
-/// A tunnel with a token: `[2, len, token]`.
-pub const HELLO_TOKEN: u8 = 2;
-
-/// Why a hello was not understood.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HelloError {
-    /// Not a version this node speaks.
-    #[error("unknown tunnel version {0}")]
-    Version(u8),
-    /// Shorter or longer than its length says.
-    #[error("a malformed tunnel hello")]
-    Malformed,
-}
-
-/// Reads a whole hello (the sealed path gets it in one handshake payload): the token presented,
-/// if any.
-pub fn parse_hello(b: &[u8]) -> Result<Option<&[u8]>, HelloError> {
-    match b {
-        [HELLO_V1] => Ok(None),
-        [HELLO_TOKEN, n, token @ ..] if token.len() == usize::from(*n) && !token.is_empty() => {
-            Ok(Some(token))
-        }
-        [HELLO_V1 | HELLO_TOKEN, ..] => Err(HelloError::Malformed),
-        [v, ..] => Err(HelloError::Version(*v)),
-        [] => Err(HelloError::Malformed),
-    }
+    beam_node::tunnel::hello(token.map(|t| t.text.as_bytes()))
 }
 
 #[cfg(test)]
@@ -171,18 +134,15 @@ mod tests {
     }
 
     #[test]
-    fn hellos_round_trip_and_bad_ones_are_refused() {
+    fn a_token_goes_into_the_hello_whole() {
         let t = Token::parse("correct-horse-battery").expect("valid");
-        assert_eq!(parse_hello(&hello(None)), Ok(None));
+        let h = hello(Some(&t));
         assert_eq!(
-            parse_hello(&hello(Some(&t))),
+            beam_node::tunnel::parse_hello(&h),
             Ok(Some(&b"correct-horse-battery"[..]))
         );
-        assert_eq!(parse_hello(&[]), Err(HelloError::Malformed));
-        assert_eq!(parse_hello(&[2, 5, b'a']), Err(HelloError::Malformed));
-        assert_eq!(parse_hello(&[2, 0]), Err(HelloError::Malformed));
-        assert_eq!(parse_hello(&[9]), Err(HelloError::Version(9)));
-        assert_eq!(parse_hello(&[1, 0]), Err(HelloError::Malformed));
+        assert!(t.admits(beam_node::tunnel::parse_hello(&h).expect("parses")));
+        assert_eq!(beam_node::tunnel::parse_hello(&hello(None)), Ok(None));
     }
 
     #[test]

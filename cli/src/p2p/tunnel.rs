@@ -28,10 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use beam_node::e2e::{MAX_CHUNK, MAX_CHUNK_FRAME, Session};
-use beam_node::wire::MAX_RELAYS_PER_ROUTE;
+use beam_node::tunnel::{CircuitHeader, HELLO_TOKEN, MAX_HEADER, parse_hello};
 use futures::StreamExt;
 use libp2p::Multiaddr;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
@@ -40,8 +39,6 @@ use super::addr::to_libp2p;
 use super::auth::{self, Token};
 use super::{Handle, PROTO_CIRCUIT, PROTO_TUNNEL, Route, frame};
 
-/// Largest circuit header read.
-const MAX_HEADER: usize = 4096;
 /// Largest handshake message read.
 const MAX_HANDSHAKE: usize = 1024;
 /// Each setup step (open a stream, a handshake message, the status) must finish within this.
@@ -108,13 +105,6 @@ impl std::fmt::Display for Status {
             Status::Unknown(_) => "the far end answered with an unknown status",
         })
     }
-}
-
-/// The first frame of a circuit: the hops still ahead (the last is the service).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CircuitHeader {
-    /// `(peer id, multiaddr)` of each hop.
-    pub hops: Vec<([u8; 32], String)>,
 }
 
 /// Why a tunnel could not be opened.
@@ -288,7 +278,8 @@ async fn open_circuit(
             .map(Multiaddr::to_string)
             .unwrap_or_default(),
     ));
-    let header = postcard::to_stdvec(&CircuitHeader { hops })
+    let header = CircuitHeader { hops }
+        .encode()
         .map_err(|e| OpenError::Handshake(format!("cannot encode the circuit header: {e}")))?;
     let s = step(
         "the first relay",
@@ -580,8 +571,8 @@ async fn read_hello<R: AsyncRead + Unpin>(s: &mut R) -> Result<Option<Vec<u8>>, 
     step("the client", s.read_exact(&mut head[..1]))
         .await
         .map_err(|e| e.to_string())?;
-    if head[0] != auth::HELLO_TOKEN {
-        return auth::parse_hello(&head[..1])
+    if head[0] != HELLO_TOKEN {
+        return parse_hello(&head[..1])
             .map(|_| None)
             .map_err(|e| e.to_string());
     }
@@ -594,7 +585,7 @@ async fn read_hello<R: AsyncRead + Unpin>(s: &mut R) -> Result<Option<Vec<u8>>, 
         .map_err(|e| e.to_string())?;
     let mut whole = head.to_vec();
     whole.extend_from_slice(&token);
-    auth::parse_hello(&whole).map_err(|e| e.to_string())?;
+    parse_hello(&whole).map_err(|e| e.to_string())?;
     Ok(Some(token))
 }
 
@@ -650,7 +641,7 @@ async fn on_circuit(
             return;
         }
     };
-    let Ok(header) = postcard::from_bytes::<CircuitHeader>(&header) else {
+    let Ok(header) = CircuitHeader::decode(&header) else {
         handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -707,7 +698,7 @@ async fn relay(
     mut inbound: Compat<libp2p::Stream>,
     header: CircuitHeader,
 ) {
-    if header.hops.len() > MAX_RELAYS_PER_ROUTE + 1 || !handle.admit_circuit().await {
+    if !handle.admit_circuit().await {
         refuse(&mut inbound, Status::RelayRefused).await;
         return;
     }
@@ -731,10 +722,7 @@ async fn relay(
         return;
     };
     let mut out = out.compat();
-    let rest = CircuitHeader {
-        hops: header.hops[1..].to_vec(),
-    };
-    let Ok(bytes) = postcard::to_stdvec(&rest) else {
+    let Ok(bytes) = header.rest().encode() else {
         return;
     };
     if frame::write(&mut out, &bytes).await.is_err() || out.flush().await.is_err() {
@@ -775,7 +763,7 @@ async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Lo
         .map_err(|e| e.to_string())?;
         let msg3 = read_step(&mut s).await?;
         let (mut session, first) = pending.finish(&msg3).map_err(|e| e.to_string())?;
-        let token = auth::parse_hello(&first).map_err(|e| e.to_string())?;
+        let token = parse_hello(&first).map_err(|e| e.to_string())?;
         let port = local.port;
         let (tcp, st) = if !local.admits(handle, token) {
             (None, Status::Unauthorized)
