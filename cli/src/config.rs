@@ -105,6 +105,30 @@ pub const KEYS: &[Spec] = &[
         kind: Kind::Multiaddrs,
     },
     Spec {
+        table: "limits",
+        name: "streamsPerPeer",
+        kind: Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    },
+    Spec {
+        table: "limits",
+        name: "streamsTotal",
+        kind: Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+    },
+    Spec {
+        table: "limits",
+        name: "idleTimeout",
+        kind: Kind::Int {
+            min: 0,
+            max: 86_400,
+        },
+    },
+    Spec {
         table: "routing",
         name: "strategy",
         kind: Kind::Choice(STRATEGIES),
@@ -134,6 +158,12 @@ pub struct Settings {
     pub mdns: bool,
     /// `p2p.bootstrap`.
     pub bootstrap: Vec<Multiaddr>,
+    /// `limits.streamsPerPeer`.
+    pub streams_per_peer: u32,
+    /// `limits.streamsTotal`.
+    pub streams_total: u32,
+    /// `limits.idleTimeout`, seconds (0: never).
+    pub idle_timeout_s: u32,
     /// `routing.strategy`.
     pub strategy: Strategy,
     /// `tor.enabled`.
@@ -150,9 +180,24 @@ impl Default for Settings {
             relay_rate: 16.0,
             mdns: true,
             bootstrap: vec![],
+            streams_per_peer: 64,
+            streams_total: 512,
+            idle_timeout_s: 600,
             strategy: Strategy::Direct,
             tor: false,
             log_level: "warn".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// The `limits.*` keys as the node takes them.
+    pub fn limits(&self) -> crate::p2p::Limits {
+        crate::p2p::Limits {
+            streams_per_peer: self.streams_per_peer as usize,
+            streams_total: self.streams_total as usize,
+            idle_timeout: (self.idle_timeout_s > 0)
+                .then(|| std::time::Duration::from_secs(u64::from(self.idle_timeout_s))),
         }
     }
 }
@@ -340,6 +385,15 @@ fn settings(doc: &DocumentMut) -> Result<Settings> {
                     .unwrap_or(s.relay_rate)
             }
             "p2p.mdns" => s.mdns = v.as_bool().unwrap_or(s.mdns),
+            "limits.streamsPerPeer" => {
+                s.streams_per_peer = v.as_integer().map_or(s.streams_per_peer, |i| i as u32)
+            }
+            "limits.streamsTotal" => {
+                s.streams_total = v.as_integer().map_or(s.streams_total, |i| i as u32)
+            }
+            "limits.idleTimeout" => {
+                s.idle_timeout_s = v.as_integer().map_or(s.idle_timeout_s, |i| i as u32)
+            }
             "p2p.bootstrap" => {
                 s.bootstrap = v
                     .as_array()

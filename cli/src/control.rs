@@ -75,6 +75,9 @@ pub struct NodeStatus {
     pub auth_required: bool,
     #[serde(default)]
     pub auth_refused: u64,
+    /// The bounds on what peers can make this node hold, and how often each was hit.
+    #[serde(default)]
+    pub limits: serde_json::Value,
     /// Seconds since the node started.
     pub uptime_s: u64,
 }
@@ -180,6 +183,19 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
                 relay_throttled: ctx.p2p.limiter.throttled.load(Ordering::Relaxed),
                 auth_required: ctx.auth_required,
                 auth_refused: st.auth_refused.load(Ordering::Relaxed),
+                limits: {
+                    let l = &ctx.p2p.streams;
+                    let (per_peer, total) = l.bounds();
+                    serde_json::json!({
+                        "streams_open": l.open(),
+                        "streams_per_peer": per_peer,
+                        "streams_total": total,
+                        "refused_per_peer": l.refused_per_peer.load(Ordering::Relaxed),
+                        "refused_total": l.refused_total.load(Ordering::Relaxed),
+                        "idle_timeout_s": ctx.p2p.idle_timeout.map(|d| d.as_secs()),
+                        "idle_closed": st.idle_closed.load(Ordering::Relaxed),
+                    })
+                },
                 uptime_s: ctx.started.elapsed().as_secs(),
             };
             Ok(serde_json::json!({"ok": true, "status": status}))

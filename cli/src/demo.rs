@@ -189,6 +189,7 @@ async fn node(
         relay_rate: None,
         mdns: false,
         max_peers: crate::config::Settings::default().max_peers,
+        limits: p2p::Limits::default(),
     })
     .await?;
     p2p::tunnel::spawn_acceptors(

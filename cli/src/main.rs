@@ -434,6 +434,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 relay_rate: p.relay_rate(settings)?,
                 mdns,
                 max_peers: settings.max_peers,
+                limits: settings.limits(),
             };
             if let Some(name) = &cli.serve.name
                 && !beam_node::record::valid_name(name)
@@ -486,6 +487,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 relay_rate: p.relay_rate(settings)?,
                 mdns,
                 max_peers: settings.max_peers,
+                limits: settings.limits(),
             };
             let opts = serve::Options {
                 state_dir: dir,
@@ -531,6 +533,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 relay_rate: args.p2p.relay_rate(settings)?,
                 mdns,
                 max_peers: settings.max_peers,
+                limits: settings.limits(),
             };
             runtime()?.block_on(connect::run(
                 config,

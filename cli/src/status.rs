@@ -65,6 +65,22 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
         "relay cap:     {cap}; peers made to wait {} times",
         s["relay_throttled"]
     );
+    let l = &s["limits"];
+    if l.is_object() {
+        let idle = l["idle_timeout_s"]
+            .as_u64()
+            .map_or("never".to_string(), |t| format!("after {t} s"));
+        println!(
+            "limits:        {} streams open; refused {} over {} per peer, {} over {} in total; \
+             idle closed {idle}: {} times",
+            l["streams_open"],
+            l["refused_per_peer"],
+            l["streams_per_peer"],
+            l["refused_total"],
+            l["streams_total"],
+            l["idle_closed"],
+        );
+    }
     println!(
         "records held:  {} · malformed messages dropped: {} · up {} s",
         p["records_held"], p["malformed_in"], s["uptime_s"]

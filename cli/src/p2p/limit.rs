@@ -1,13 +1,18 @@
-//! The per-peer bandwidth cap on relayed circuits: a token bucket per previous hop, charged
-//! for the bytes of its circuits in both directions. A peer that pushes more than its share
-//! waits; the others' circuits do not.
+//! The bounds on what peers can make this node hold, each counted when hit:
+//!
+//! - [`RelayLimiter`]: the per-peer bandwidth cap on relayed circuits, a token bucket per
+//!   previous hop charged for the bytes of its circuits in both directions. A peer that pushes
+//!   more than its share waits; the others' circuits do not.
+//! - [`StreamLimits`]: tunnel and circuit streams open at once, per peer and in total. A peer
+//!   over its share is refused at once; the others keep theirs.
+//! - [`Activity`]: the idle timeout of one tunnel or circuit.
 //!
 //! [`Bucket`] is pure (time is an argument) and unit-tested; [`RelayLimiter`] holds one per
 //! peer and sleeps on the tokio clock.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Buckets idle this long are forgotten (they would be full again anyway).
@@ -97,9 +102,175 @@ impl RelayLimiter {
     }
 }
 
+/// Streams (tunnels and circuits, inbound) open at once, per peer and in total.
+#[derive(Debug)]
+pub struct StreamLimits {
+    per_peer: usize,
+    total: usize,
+    open: Mutex<HashMap<libp2p::PeerId, usize>>,
+    /// Streams refused because their peer had `per_peer` open.
+    pub refused_per_peer: AtomicU64,
+    /// Streams refused because `total` were open.
+    pub refused_total: AtomicU64,
+}
+
+/// Why a stream was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its peer is at its share.
+    PerPeer,
+    /// The node is at its total.
+    Total,
+}
+
+/// One open stream's place; given back when dropped.
+#[derive(Debug)]
+pub struct StreamPermit {
+    limits: Arc<StreamLimits>,
+    peer: libp2p::PeerId,
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl StreamLimits {
+    /// At most `per_peer` streams from one peer and `total` from all.
+    pub fn new(per_peer: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_peer: per_peer.max(1),
+            total: total.max(1),
+            open: Mutex::default(),
+            refused_per_peer: AtomicU64::new(0),
+            refused_total: AtomicU64::new(0),
+        })
+    }
+
+    /// `(per peer, total)`.
+    pub fn bounds(&self) -> (usize, usize) {
+        (self.per_peer, self.total)
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values().sum()
+    }
+
+    /// A place for one more stream from `peer`, or why not (counted).
+    pub fn try_open(self: &Arc<Self>, peer: libp2p::PeerId) -> Result<StreamPermit, Refused> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = open.get(&peer).copied().unwrap_or(0);
+        if mine >= self.per_peer {
+            self.refused_per_peer.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::PerPeer);
+        }
+        if open.values().sum::<usize>() >= self.total {
+            self.refused_total.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Total);
+        }
+        *open.entry(peer).or_insert(0) += 1;
+        Ok(StreamPermit {
+            limits: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// When a tunnel or circuit last carried a byte, either way.
+#[derive(Debug)]
+pub struct Activity {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// Bytes moved now.
+    pub fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle` (never, for `None`).
+    pub async fn idle_for(&self, idle: Option<Duration>) {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_peer_gets_its_share_and_the_total_holds() {
+        let limits = StreamLimits::new(2, 3);
+        let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let a1 = limits.try_open(a).expect("a 1");
+        let _a2 = limits.try_open(a).expect("a 2");
+        assert_eq!(limits.try_open(a).err(), Some(Refused::PerPeer));
+        let _b1 = limits
+            .try_open(b)
+            .expect("b 1: a's flood does not touch b's share");
+        assert_eq!(limits.try_open(b).err(), Some(Refused::Total));
+        assert_eq!(limits.open(), 3);
+        drop(a1);
+        let _b2 = limits
+            .try_open(b)
+            .expect("a place given back is free again");
+        assert_eq!(limits.refused_per_peer.load(Ordering::Relaxed), 1);
+        assert_eq!(limits.refused_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_is_measured_from_the_last_byte() {
+        let a = Arc::new(Activity::default());
+        let t0 = tokio::time::Instant::now();
+        let watcher = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                a.idle_for(Some(Duration::from_secs(10))).await;
+                tokio::time::Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        a.touch();
+        let fired = watcher.await.expect("join");
+        assert_eq!(
+            fired - t0,
+            Duration::from_secs(16),
+            "10 s after the last byte"
+        );
+        tokio::time::timeout(Duration::from_secs(100), a.idle_for(None))
+            .await
+            .expect_err("no idle timeout: never fires");
+    }
 
     #[test]
     fn a_bucket_lets_its_burst_through_then_paces_at_its_rate() {

@@ -121,6 +121,30 @@ pub struct Config {
     pub mdns: bool,
     /// Most connections to other peers held at once (`p2p.maxPeers`); more are refused.
     pub max_peers: u32,
+    /// Bounds on the tunnels and circuits peers can make this node hold (`limits.*`).
+    pub limits: Limits,
+}
+
+/// Bounds on the tunnels and circuits peers can make this node hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Inbound tunnel and circuit streams open at once from one peer (`limits.streamsPerPeer`).
+    pub streams_per_peer: usize,
+    /// ... from all peers together (`limits.streamsTotal`).
+    pub streams_total: usize,
+    /// A tunnel or circuit that carried nothing either way this long is closed
+    /// (`limits.idleTimeout`; `None`: never).
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            streams_per_peer: 64,
+            streams_total: 512,
+            idle_timeout: Some(Duration::from_secs(600)),
+        }
+    }
 }
 
 /// A service this node publishes.
@@ -227,6 +251,10 @@ pub struct Stats {
     pub stale_timeouts: AtomicU64,
     /// Tunnels refused for a missing or wrong access token (`--auth`).
     pub auth_refused: AtomicU64,
+    /// Tunnels and circuits closed for carrying nothing for `limits.idleTimeout`.
+    pub idle_closed: AtomicU64,
+    /// Tunnel attempts retried because their stream was dropped before the far end answered.
+    pub open_retries: AtomicU64,
 }
 
 /// A snapshot of the node for `beam status` and the status line.
@@ -303,6 +331,10 @@ pub struct Handle {
     pub stats: Arc<Stats>,
     /// The per-peer bandwidth cap on relayed circuits.
     pub limiter: Arc<limit::RelayLimiter>,
+    /// Streams open at once, per peer and in total.
+    pub streams: Arc<limit::StreamLimits>,
+    /// The idle timeout of tunnels and circuits.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Handle {
@@ -519,6 +551,11 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         peer: config.keypair.peer_id(),
         stats: stats.clone(),
         limiter: Arc::new(limit::RelayLimiter::new(config.relay_rate)),
+        streams: limit::StreamLimits::new(
+            config.limits.streams_per_peer,
+            config.limits.streams_total,
+        ),
+        idle_timeout: config.limits.idle_timeout,
     };
     let bootstrap = config
         .bootstrap
@@ -1565,6 +1602,7 @@ mod tests {
             relay_rate: None,
             mdns: false,
             max_peers: 256,
+            limits: Limits::default(),
         }
     }
 

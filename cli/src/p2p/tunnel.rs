@@ -37,6 +37,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use super::addr::to_libp2p;
 use super::auth::{self, Token};
+use super::limit::Activity;
 use super::{Handle, PROTO_CIRCUIT, PROTO_TUNNEL, Route, frame};
 
 /// Largest handshake message read.
@@ -59,6 +60,8 @@ pub enum Status {
     NextHopFailed,
     /// The service requires an access token and none, or another, was presented.
     Unauthorized,
+    /// The far end (or a relay) is at its bound of streams for this peer, or in total.
+    Busy,
     /// Anything else.
     Unknown(u8),
 }
@@ -72,6 +75,7 @@ impl Status {
             Status::RelayRefused => 3,
             Status::NextHopFailed => 4,
             Status::Unauthorized => 5,
+            Status::Busy => 6,
             Status::Unknown(b) => b,
         }
     }
@@ -84,6 +88,7 @@ impl Status {
             3 => Status::RelayRefused,
             4 => Status::NextHopFailed,
             5 => Status::Unauthorized,
+            6 => Status::Busy,
             b => Status::Unknown(b),
         }
     }
@@ -102,6 +107,7 @@ impl std::fmt::Display for Status {
             Status::Unauthorized => {
                 "the service requires an access token and refused this one (or none was given)"
             }
+            Status::Busy => "the far end is at its limit of open tunnels for this peer",
             Status::Unknown(_) => "the far end answered with an unknown status",
         })
     }
@@ -181,8 +187,41 @@ async fn step<T, E: std::fmt::Display>(
     }
 }
 
+/// Attempts at opening one tunnel along one route, and the pause before each retry.
+const RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(60)];
+/// A failed attempt is retried only when it failed this fast: a stream dropped on arrival,
+/// not a peer that does not answer.
+const RETRY_IF_FASTER: Duration = Duration::from_secs(1);
+
 /// Opens a tunnel to the service along `route`, presenting `token` if given.
+///
+/// An attempt whose stream is dropped before the far end answers is retried (twice, after
+/// 20 and 60 ms): libp2p-stream drops an inbound stream that finds the acceptor's one-slot
+/// channel full, as when another peer floods the service with streams. Nothing reached the
+/// service's port then, so a retry is safe; the retries are counted (`stats.open_retries`).
 pub async fn open(
+    handle: &Handle,
+    route: &Route,
+    token: Option<&Token>,
+) -> Result<Opened, OpenError> {
+    let mut pauses = RETRY_PAUSES.iter();
+    loop {
+        let attempt = Instant::now();
+        match open_once(handle, route, token).await {
+            Err(e @ OpenError::Unreachable { .. }) if attempt.elapsed() < RETRY_IF_FASTER => {
+                let Some(pause) = pauses.next() else {
+                    return Err(e);
+                };
+                tracing::debug!(error = %e, "a tunnel stream was dropped on the way; retrying");
+                handle.stats.open_retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(*pause).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn open_once(
     handle: &Handle,
     route: &Route,
     token: Option<&Token>,
@@ -365,24 +404,43 @@ pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_non
     let stats = handle.stats.clone();
     stats.tunnels_open.fetch_add(1, Ordering::Relaxed);
     stats.tunnels_total.fetch_add(1, Ordering::Relaxed);
-    let result = match tunnel {
-        Tunnel::Plain(s) => {
-            let (tr, tw) = tcp.split();
-            let (sr, sw) = tokio::io::split(s);
-            tokio::try_join!(
-                copy_counted(tr, sw, &stats.bytes_out, None),
-                copy_counted(sr, tw, &stats.bytes_in, None)
-            )
-            .map(|_| ())
-        }
-        Tunnel::Sealed(s, session) => {
-            pump_sealed(&mut tcp, s, *session, next_nonce_in, &stats).await
+    let activity = Activity::default();
+    let moving = async {
+        match tunnel {
+            Tunnel::Plain(s) => {
+                let (tr, tw) = tcp.split();
+                let (sr, sw) = tokio::io::split(s);
+                tokio::try_join!(
+                    copy_counted(tr, sw, &stats.bytes_out, &activity, None),
+                    copy_counted(sr, tw, &stats.bytes_in, &activity, None)
+                )
+                .map(|_| ())
+            }
+            Tunnel::Sealed(s, session) => {
+                pump_sealed(&mut tcp, s, *session, next_nonce_in, &stats, &activity).await
+            }
         }
     };
+    let result = until_idle(handle, &activity, moving).await;
     stats.tunnels_open.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(error = %e, "tunnel connection failed");
         let _ = tcp.set_zero_linger();
+    }
+}
+
+/// Runs `moving` until it ends or nothing has moved for the idle timeout (counted; an error).
+async fn until_idle(
+    handle: &Handle,
+    activity: &Activity,
+    moving: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    tokio::select! {
+        r = moving => r,
+        () = activity.idle_for(handle.idle_timeout) => {
+            handle.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            Err(io::Error::new(io::ErrorKind::TimedOut, "idle for longer than limits.idleTimeout"))
+        }
     }
 }
 
@@ -394,6 +452,7 @@ async fn copy_counted<R, W>(
     mut r: R,
     mut w: W,
     counter: &AtomicU64,
+    activity: &Activity,
     relayed: Option<Relayed<'_>>,
 ) -> io::Result<()>
 where
@@ -406,6 +465,7 @@ where
         if n == 0 {
             return w.shutdown().await;
         }
+        activity.touch();
         w.write_all(&buf[..n]).await?;
         counter.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(relayed) = &relayed {
@@ -452,6 +512,7 @@ async fn pump_sealed(
     session: Session,
     mut expected: u64,
     stats: &super::Stats,
+    activity: &Activity,
 ) -> io::Result<()> {
     let session = Arc::new(Mutex::new(session));
     let (mut tr, mut tw) = tcp.split();
@@ -464,6 +525,7 @@ async fn pump_sealed(
         let mut out = vec![0u8; 4 + MAX_CHUNK_FRAME];
         loop {
             let n = read_flushing(&mut tr, &mut sw, &mut plain).await?;
+            activity.touch();
             let len = session
                 .lock()
                 .map_err(|_| io::Error::other("session lock poisoned"))?
@@ -489,6 +551,7 @@ async fn pump_sealed(
                     "the route closed before the end of the data: truncated",
                 ));
             };
+            activity.touch();
             let f = &sealed[..len];
             check_order(f, expected)?;
             let n = session
@@ -544,10 +607,17 @@ pub fn spawn_acceptors(handle: &Handle, local: Option<Local>) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let h = handle.clone();
         tokio::spawn(async move {
-            while let Some((_, stream)) = incoming.next().await {
+            while let Some((peer, stream)) = incoming.next().await {
                 let h = h.clone();
                 let local = local.clone();
-                tokio::spawn(async move { serve_direct(&h, stream.compat(), &local).await });
+                tokio::spawn(async move {
+                    let mut s = stream.compat();
+                    let Ok(_permit) = h.streams.try_open(peer) else {
+                        let _ = write_byte(&mut s, Status::Busy).await;
+                        return;
+                    };
+                    serve_direct(&h, s, &local).await;
+                });
             }
         });
     }
@@ -559,7 +629,14 @@ pub fn spawn_acceptors(handle: &Handle, local: Option<Local>) -> anyhow::Result<
         while let Some((peer, stream)) = incoming.next().await {
             let h = h.clone();
             let local = local.clone();
-            tokio::spawn(async move { on_circuit(&h, peer, stream.compat(), local).await });
+            tokio::spawn(async move {
+                let mut s = stream.compat();
+                let Ok(_permit) = h.streams.try_open(peer) else {
+                    refuse(&mut s, Status::Busy).await;
+                    return;
+                };
+                on_circuit(&h, peer, s, local).await;
+            });
         }
     });
     Ok(())
@@ -740,10 +817,15 @@ async fn relay(
         })
     };
     let counter = &handle.stats.bytes_relayed;
-    if let Err(e) = tokio::try_join!(
-        copy_counted(ir, ow, counter, relayed()),
-        copy_counted(or, iw, counter, relayed())
-    ) {
+    let activity = Activity::default();
+    let moving = async {
+        tokio::try_join!(
+            copy_counted(ir, ow, counter, &activity, relayed()),
+            copy_counted(or, iw, counter, &activity, relayed())
+        )
+        .map(|_| ())
+    };
+    if let Err(e) = until_idle(handle, &activity, moving).await {
         tracing::debug!(error = %e, "relayed circuit ended with an error");
     }
 }
