@@ -106,6 +106,11 @@ pub const KEYS: &[Spec] = &[
     },
     Spec {
         table: "limits",
+        name: "connectionsPerPeer",
+        kind: Kind::Int { min: 1, max: 64 },
+    },
+    Spec {
+        table: "limits",
         name: "streamsPerPeer",
         kind: Kind::Int {
             min: 1,
@@ -158,6 +163,8 @@ pub struct Settings {
     pub mdns: bool,
     /// `p2p.bootstrap`.
     pub bootstrap: Vec<Multiaddr>,
+    /// `limits.connectionsPerPeer`.
+    pub connections_per_peer: u32,
     /// `limits.streamsPerPeer`.
     pub streams_per_peer: u32,
     /// `limits.streamsTotal`.
@@ -180,6 +187,7 @@ impl Default for Settings {
             relay_rate: 16.0,
             mdns: true,
             bootstrap: vec![],
+            connections_per_peer: 8,
             streams_per_peer: 64,
             streams_total: 512,
             idle_timeout_s: 600,
@@ -194,6 +202,7 @@ impl Settings {
     /// The `limits.*` keys as the node takes them.
     pub fn limits(&self) -> crate::p2p::Limits {
         crate::p2p::Limits {
+            connections_per_peer: self.connections_per_peer,
             streams_per_peer: self.streams_per_peer as usize,
             streams_total: self.streams_total as usize,
             idle_timeout: (self.idle_timeout_s > 0)
@@ -385,6 +394,9 @@ fn settings(doc: &DocumentMut) -> Result<Settings> {
                     .unwrap_or(s.relay_rate)
             }
             "p2p.mdns" => s.mdns = v.as_bool().unwrap_or(s.mdns),
+            "limits.connectionsPerPeer" => {
+                s.connections_per_peer = v.as_integer().map_or(s.connections_per_peer, |i| i as u32)
+            }
             "limits.streamsPerPeer" => {
                 s.streams_per_peer = v.as_integer().map_or(s.streams_per_peer, |i| i as u32)
             }

@@ -194,6 +194,9 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
                         "refused_total": l.refused_total.load(Ordering::Relaxed),
                         "idle_timeout_s": ctx.p2p.idle_timeout.map(|d| d.as_secs()),
                         "idle_closed": st.idle_closed.load(Ordering::Relaxed),
+                        "connections_refused": st.connections_refused.load(Ordering::Relaxed),
+                        "circuits_refused": s.circuits_refused,
+                        "open_retries": st.open_retries.load(Ordering::Relaxed),
                     })
                 },
                 uptime_s: ctx.started.elapsed().as_secs(),

@@ -80,6 +80,11 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
             l["streams_total"],
             l["idle_closed"],
         );
+        println!(
+            "               connections refused (p2p.maxPeers, limits.connectionsPerPeer): {} · \
+             circuits refused: {} · tunnel streams retried: {}",
+            l["connections_refused"], l["circuits_refused"], l["open_retries"],
+        );
     }
     println!(
         "records held:  {} · malformed messages dropped: {} · up {} s",

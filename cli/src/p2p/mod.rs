@@ -135,11 +135,14 @@ pub struct Limits {
     /// A tunnel or circuit that carried nothing either way this long is closed
     /// (`limits.idleTimeout`; `None`: never).
     pub idle_timeout: Option<Duration>,
+    /// Connections held at once with one peer (`limits.connectionsPerPeer`).
+    pub connections_per_peer: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            connections_per_peer: 8,
             streams_per_peer: 64,
             streams_total: 512,
             idle_timeout: Some(Duration::from_secs(600)),
@@ -255,6 +258,8 @@ pub struct Stats {
     pub idle_closed: AtomicU64,
     /// Tunnel attempts retried because their stream was dropped before the far end answered.
     pub open_retries: AtomicU64,
+    /// Incoming connections refused by `p2p.maxPeers` or `limits.connectionsPerPeer`.
+    pub connections_refused: AtomicU64,
 }
 
 /// A snapshot of the node for `beam status` and the status line.
@@ -278,6 +283,8 @@ pub struct Status {
     pub malformed_in: u64,
     /// Records held for others.
     pub records_held: usize,
+    /// Circuits this node refused to relay (not a relay, or at the core's bound).
+    pub circuits_refused: u64,
 }
 
 /// A route the core chose for a stream.
@@ -494,7 +501,8 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
             mdns: Toggle::from(lan),
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
-                    .with_max_established(Some(config.max_peers)),
+                    .with_max_established(Some(config.max_peers))
+                    .with_max_established_per_peer(Some(config.limits.connections_per_peer)),
             ),
         })
         .context("cannot set up the libp2p behaviours")?
@@ -901,6 +909,15 @@ impl Driver {
                 }
                 self.flush_pending(peer_id);
                 self.remote_ip.remove(&peer_id);
+            }
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                ..
+            } => {
+                tracing::debug!(%cause, "refused an incoming connection");
+                self.stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let msg = error.to_string();
@@ -1332,6 +1349,7 @@ impl Driver {
                     network_size_estimate: self.node.network_size_estimate(),
                     malformed_in: self.node.stats().malformed_in,
                     records_held: self.node.dht().store().len(),
+                    circuits_refused: self.node.router().stats().circuits_refused,
                 });
             }
         }
