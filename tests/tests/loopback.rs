@@ -120,6 +120,25 @@ fn connect(net: &Net, target: &str, strategy: &str, dir: &TempDir) -> (Beam, u16
     (c, port, started)
 }
 
+/// The index in `net.relays` of a relay process on the route a client's `connection N: … via
+/// A, B to S` line names.
+fn relay_on_route(net: &mut Net, line: &str) -> usize {
+    let used: Vec<String> = line
+        .split("via ")
+        .nth(1)
+        .and_then(|r| r.split(" to ").next())
+        .map(|r| r.split(", ").map(str::to_string).collect())
+        .unwrap_or_default();
+    let ids: Vec<String> = net
+        .relays
+        .iter_mut()
+        .map(|r| r.wait_for("beam://", T))
+        .collect();
+    ids.iter()
+        .position(|id| used.iter().any(|u| id.starts_with(&format!("beam://{u}"))))
+        .unwrap_or_else(|| panic!("no relay process on the route of {line:?}"))
+}
+
 /// A plaintext marker the body carries every MiB: no relay may ever see it.
 const MARKER: &[u8] = b"BEAM-PLAINTEXT-MARKER-a6f1c0de-relays-must-never-see-this";
 
@@ -302,22 +321,8 @@ fn when_a_relay_in_use_dies_the_next_request_goes_around_it() {
     let (mut c, port, _) = connect(&net, "relayed", "multi-hop", &cdir);
     assert_eq!(sha256(&http_get_retry(port, T).body), want);
     let line = c.wait_for("connection 1:", T);
-    let used: Vec<String> = line
-        .split("via ")
-        .nth(1)
-        .and_then(|r| r.split(" to ").next())
-        .map(|r| r.split(", ").map(str::to_string).collect())
-        .unwrap_or_default();
     // Kill a relay of that route (the bootstrap node may be one too; it stays).
-    let ids: Vec<String> = net
-        .relays
-        .iter_mut()
-        .map(|r| r.wait_for("beam://", T))
-        .collect();
-    let i = ids
-        .iter()
-        .position(|id| used.iter().any(|u| id.starts_with(&format!("beam://{u}"))))
-        .expect("a relay process on the route");
+    let i = relay_on_route(&mut net, &line);
     let victim = &mut net.relays[i];
     victim.kill();
     let t = Instant::now();
@@ -510,21 +515,7 @@ fn a_relay_killed_mid_download_never_yields_a_wrong_body() {
     let (mut c, port, _) = connect(&net, "middie", "multi-hop", &cdir);
     let fetch = std::thread::spawn(move || beam_e2e::http_get(port, Duration::from_secs(60)));
     let line = c.wait_for("connection 1:", T);
-    let used: Vec<String> = line
-        .split("via ")
-        .nth(1)
-        .and_then(|r| r.split(" to ").next())
-        .map(|r| r.split(", ").map(str::to_string).collect())
-        .unwrap_or_default();
-    let ids: Vec<String> = net
-        .relays
-        .iter_mut()
-        .map(|r| r.wait_for("beam://", T))
-        .collect();
-    let i = ids
-        .iter()
-        .position(|id| used.iter().any(|u| id.starts_with(&format!("beam://{u}"))))
-        .expect("a relay process on the route");
+    let i = relay_on_route(&mut net, &line);
     std::thread::sleep(Duration::from_millis(1000));
     let t = Instant::now();
     net.relays[i].kill();
