@@ -107,7 +107,9 @@ impl std::fmt::Display for Status {
             Status::Unauthorized => {
                 "the service requires an access token and refused this one (or none was given)"
             }
-            Status::Busy => "the far end is at its limit of open tunnels for this peer",
+            Status::Busy => {
+                "the far end is at its limit of open tunnels (for this peer, or in total)"
+            }
             Status::Unknown(_) => "the far end answered with an unknown status",
         })
     }
@@ -196,9 +198,10 @@ const RETRY_IF_FASTER: Duration = Duration::from_secs(1);
 /// Opens a tunnel to the service along `route`, presenting `token` if given.
 ///
 /// An attempt whose stream is dropped before the far end answers is retried (twice, after
-/// 20 and 60 ms): libp2p-stream drops an inbound stream that finds the acceptor's one-slot
-/// channel full, as when another peer floods the service with streams. Nothing reached the
-/// service's port then, so a retry is safe; the retries are counted (`stats.open_retries`).
+/// 20 and 60 ms): libp2p-stream drops an inbound stream that finds its acceptor's queue full
+/// (256 streams in the copy in vendor/; one slot upstream), as when another peer floods the
+/// service with streams. Nothing reached the service's port then, so a retry is safe; the
+/// retries are counted (`stats.open_retries`).
 pub async fn open(
     handle: &Handle,
     route: &Route,
@@ -675,21 +678,37 @@ async fn serve_direct(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Lo
             return;
         }
     };
-    if !local.admits(handle, token.as_deref()) {
-        let _ = write_byte(&mut s, Status::Unauthorized).await;
-        return;
+    match reach_local(handle, local, token.as_deref()).await {
+        Ok(tcp) => {
+            if write_byte(&mut s, Status::Ok).await.is_ok() {
+                carry(handle, tcp, Tunnel::Plain(s), 0).await;
+            }
+        }
+        Err(st) => {
+            let _ = write_byte(&mut s, st).await;
+        }
+    }
+}
+
+/// For a tunnel (direct or sealed) that presented `token`: the connection to the local port,
+/// or the status that refuses it. Nothing touches the port for a tunnel `local` does not admit.
+async fn reach_local(
+    handle: &Handle,
+    local: &Local,
+    token: Option<&[u8]>,
+) -> Result<TcpStream, Status> {
+    if !local.admits(handle, token) {
+        return Err(Status::Unauthorized);
     }
     let port = local.port;
     match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(tcp) => {
             let _ = tcp.set_nodelay(true);
-            if write_byte(&mut s, Status::Ok).await.is_ok() {
-                carry(handle, tcp, Tunnel::Plain(s), 0).await;
-            }
+            Ok(tcp)
         }
         Err(e) => {
             tracing::warn!(port, error = %e, "a tunnel arrived but the local port refused it");
-            let _ = write_byte(&mut s, Status::LocalRefused).await;
+            Err(Status::LocalRefused)
         }
     }
 }
@@ -846,17 +865,9 @@ async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Lo
         let msg3 = read_step(&mut s).await?;
         let (mut session, first) = pending.finish(&msg3).map_err(|e| e.to_string())?;
         let token = parse_hello(&first).map_err(|e| e.to_string())?;
-        let port = local.port;
-        let (tcp, st) = if !local.admits(handle, token) {
-            (None, Status::Unauthorized)
-        } else {
-            match TcpStream::connect(("127.0.0.1", port)).await {
-                Ok(tcp) => (Some(tcp), Status::Ok),
-                Err(e) => {
-                    tracing::warn!(port, error = %e, "a tunnel arrived but the local port refused it");
-                    (None, Status::LocalRefused)
-                }
-            }
+        let (tcp, st) = match reach_local(handle, local, token).await {
+            Ok(tcp) => (Some(tcp), Status::Ok),
+            Err(st) => (None, st),
         };
         let sealed = session
             .encrypt(&[st.to_byte()])
@@ -866,7 +877,6 @@ async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Lo
             .map_err(|e| e.to_string())?;
         s.flush().await.map_err(|e| e.to_string())?;
         if let Some(tcp) = tcp {
-            let _ = tcp.set_nodelay(true);
             carry(handle, tcp, Tunnel::Sealed(s, Box::new(session)), 0).await;
         }
         Ok(())
