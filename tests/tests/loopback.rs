@@ -645,3 +645,132 @@ while time.time() < end:
         "the other client's p99 rose from {p99b:.1} to {p99f:.1} ms"
     );
 }
+
+/// Holds a connection to a client's local port open without a byte either way; returns how long
+/// until the tunnel behind it was closed (EOF or reset), or `None` if it was still open after
+/// `wait`.
+fn idle_close_after(port: u16, wait: Duration) -> Option<Duration> {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => Some(started.elapsed()),
+        Ok(_) => panic!("a byte arrived on an idle tunnel"),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(_) => Some(started.elapsed()),
+    }
+}
+
+/// A GET whose request trickles in one header line every `every` for `lasting`: the tunnel is
+/// never idle for long, however long it is open.
+fn trickled_get(port: u16, every: Duration, lasting: Duration) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let started = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(T))?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: test\r\n")?;
+    let mut i = 0;
+    while started.elapsed() < lasting {
+        std::thread::sleep(every);
+        s.write_all(format!("x-trickle-{i}: still here\r\n").as_bytes())?;
+        i += 1;
+    }
+    s.write_all(b"\r\n")?;
+    let mut all = vec![];
+    s.read_to_end(&mut all)?;
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {} bytes", all.len())))?;
+    Ok(all[split + 4..].to_vec())
+}
+
+/// `limits.idleTimeout`: a tunnel that carries nothing either way is closed by the service after
+/// its timeout (direct), or by a relay after the relay's (multi-hop), each counted in that
+/// node's `beam status`; a slow request that keeps moving outlives both timeouts and gets its
+/// whole answer.
+#[test]
+fn idle_tunnels_are_closed_and_moving_ones_are_not() {
+    let body = Arc::new(body_of(64 << 10, 17));
+    let want = sha256(&body);
+    let http = HttpServer::start(body.clone());
+    let cfg_dir = TempDir::new("configs");
+    let write = |name: &str, secs: u32| {
+        let p = cfg_dir.0.join(name);
+        std::fs::write(&p, format!("[limits]\nidleTimeout = {secs}\n")).expect("write config");
+        p.to_str().expect("utf-8").to_string()
+    };
+    let (relay_cfg, service_cfg) = (write("relay.toml", 2), write("service.toml", 4));
+    let net = network_with(2, &["--config", &relay_cfg]);
+    let sdir = TempDir::new("service");
+    let (_svc, _) = service_with(
+        &net,
+        http.port,
+        "sleepy",
+        &sdir,
+        &["--config", &service_cfg],
+    );
+    let ddir = TempDir::new("direct");
+    let (_direct, dport, _) = connect(&net, "sleepy", "direct", &ddir);
+    let mdir = TempDir::new("multihop");
+    let (_multi, mport, _) = connect(&net, "sleepy", "multi-hop", &mdir);
+    // Both routes work (and the records and connections are warm).
+    assert_eq!(sha256(&http_get_retry(dport, T).body), want);
+    assert_eq!(sha256(&http_get_retry(mport, T).body), want);
+    let closed_by = |dirs: &[&TempDir]| -> u64 {
+        dirs.iter()
+            .map(|d| json_u64(&status_json(d), "idle_closed").expect("idle_closed"))
+            .sum()
+    };
+    let relay_dirs: Vec<&TempDir> = net.dirs.iter().collect();
+
+    // Trickling requests on both routes, each lasting past both timeouts.
+    let trickle = |port: u16| {
+        std::thread::spawn(move || {
+            trickled_get(port, Duration::from_millis(500), Duration::from_secs(6))
+        })
+    };
+    let (td, tm) = (trickle(dport), trickle(mport));
+
+    let direct = idle_close_after(dport, Duration::from_secs(20));
+    let multi = idle_close_after(mport, Duration::from_secs(20));
+    eprintln!(
+        "idle: direct closed after {direct:?} (service 4 s), multi-hop after {multi:?} (relays 2 s)"
+    );
+    let direct = direct.expect("the direct idle tunnel was never closed");
+    let multi = multi.expect("the multi-hop idle tunnel was never closed");
+    assert!(
+        direct >= Duration::from_secs(4),
+        "closed before the service's timeout: {direct:?}"
+    );
+    assert!(
+        multi >= Duration::from_secs(2),
+        "closed before the relays' timeout: {multi:?}"
+    );
+
+    for (route, t) in [("direct", td), ("multi-hop", tm)] {
+        let got = t
+            .join()
+            .expect("trickle thread")
+            .unwrap_or_else(|e| panic!("the {route} request that kept moving failed: {e}"));
+        assert_eq!(sha256(&got), want, "the {route} trickled request's body");
+    }
+    assert_eq!(
+        closed_by(&[&sdir]),
+        1,
+        "the service closed the direct idle tunnel only"
+    );
+    assert!(
+        closed_by(&relay_dirs) >= 1,
+        "a relay closed the multi-hop idle circuit"
+    );
+}
