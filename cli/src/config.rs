@@ -111,6 +111,30 @@ pub const KEYS: &[Spec] = &[
     },
     Spec {
         table: "limits",
+        name: "connectionsPerAddress",
+        kind: Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    },
+    Spec {
+        table: "limits",
+        name: "handshakesPerAddress",
+        kind: Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    },
+    Spec {
+        table: "limits",
+        name: "handshakesTotal",
+        kind: Kind::Int {
+            min: 1,
+            max: 10_000,
+        },
+    },
+    Spec {
+        table: "limits",
         name: "streamsPerPeer",
         kind: Kind::Int {
             min: 1,
@@ -165,6 +189,12 @@ pub struct Settings {
     pub bootstrap: Vec<Multiaddr>,
     /// `limits.connectionsPerPeer`.
     pub connections_per_peer: u32,
+    /// `limits.connectionsPerAddress`.
+    pub connections_per_address: u32,
+    /// `limits.handshakesPerAddress`.
+    pub handshakes_per_address: u32,
+    /// `limits.handshakesTotal`.
+    pub handshakes_total: u32,
     /// `limits.streamsPerPeer`.
     pub streams_per_peer: u32,
     /// `limits.streamsTotal`.
@@ -188,6 +218,9 @@ impl Default for Settings {
             mdns: true,
             bootstrap: vec![],
             connections_per_peer: 8,
+            connections_per_address: 64,
+            handshakes_per_address: 16,
+            handshakes_total: 128,
             streams_per_peer: 64,
             streams_total: 512,
             idle_timeout_s: 600,
@@ -203,6 +236,11 @@ impl Settings {
     pub fn limits(&self) -> crate::p2p::Limits {
         crate::p2p::Limits {
             connections_per_peer: self.connections_per_peer,
+            by_address: crate::p2p::by_address::Bounds {
+                handshakes_per_address: self.handshakes_per_address as usize,
+                handshakes_total: self.handshakes_total as usize,
+                connections_per_address: self.connections_per_address as usize,
+            },
             streams_per_peer: self.streams_per_peer as usize,
             streams_total: self.streams_total as usize,
             idle_timeout: (self.idle_timeout_s > 0)
@@ -396,6 +434,19 @@ fn settings(doc: &DocumentMut) -> Result<Settings> {
             "p2p.mdns" => s.mdns = v.as_bool().unwrap_or(s.mdns),
             "limits.connectionsPerPeer" => {
                 s.connections_per_peer = v.as_integer().map_or(s.connections_per_peer, |i| i as u32)
+            }
+            "limits.connectionsPerAddress" => {
+                s.connections_per_address = v
+                    .as_integer()
+                    .map_or(s.connections_per_address, |i| i as u32)
+            }
+            "limits.handshakesPerAddress" => {
+                s.handshakes_per_address = v
+                    .as_integer()
+                    .map_or(s.handshakes_per_address, |i| i as u32)
+            }
+            "limits.handshakesTotal" => {
+                s.handshakes_total = v.as_integer().map_or(s.handshakes_total, |i| i as u32)
             }
             "limits.streamsPerPeer" => {
                 s.streams_per_peer = v.as_integer().map_or(s.streams_per_peer, |i| i as u32)

@@ -195,6 +195,7 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
                         "idle_timeout_s": ctx.p2p.idle_timeout.map(|d| d.as_secs()),
                         "idle_closed": st.idle_closed.load(Ordering::Relaxed),
                         "connections_refused": st.connections_refused.load(Ordering::Relaxed),
+                        "handshakes_refused": st.handshakes_refused.load(Ordering::Relaxed),
                         "circuits_refused": s.circuits_refused,
                         "open_retries": st.open_retries.load(Ordering::Relaxed),
                     })

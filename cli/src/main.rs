@@ -366,6 +366,12 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Every tunnel holds two descriptors and every peer connection one; the usual soft limit
+    // (1,024) is far below what the limits.* bounds allow, so take what the hard limit gives.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     if let Err(e) = settings.and_then(|s| run(cli, &s)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);

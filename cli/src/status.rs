@@ -81,9 +81,13 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
             l["idle_closed"],
         );
         println!(
-            "               connections refused (p2p.maxPeers, limits.connectionsPerPeer): {} · \
-             circuits refused: {} · tunnel streams retried: {}",
-            l["connections_refused"], l["circuits_refused"], l["open_retries"],
+            "               connections refused (p2p.maxPeers, limits.connections*): {} · \
+             handshakes refused (limits.handshakes*): {} · circuits refused: {} · tunnel \
+             streams retried: {}",
+            l["connections_refused"],
+            l["handshakes_refused"],
+            l["circuits_refused"],
+            l["open_retries"],
         );
     }
     println!(

@@ -446,3 +446,48 @@ pub fn sha256(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect()
 }
+
+/// Milliseconds each of `n` GETs on 127.0.0.1:`port` took, each checked against the SHA-256
+/// `want`; a failure panics naming `what` with `who`'s output.
+pub fn latencies(port: u16, n: usize, want: &str, what: &str, who: &Beam) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            let f = http_get(port, Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{what}: GET {i} of {n}: {e}\n{}", who.dump()));
+            assert_eq!(sha256(&f.body), want, "the body");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+/// The `p` quantile (0..=1, nearest rank) of `v`.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// `"key":N` from `beam status --json`.
+pub fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    json[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `beam status --json` of the node whose state directory is `dir`.
+pub fn status_json(dir: &TempDir) -> String {
+    let out = std::process::Command::new(beam_bin())
+        .args(["--state-dir", dir.path(), "status", "--json"])
+        .output()
+        .expect("run beam status");
+    assert!(
+        out.status.success(),
+        "beam status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

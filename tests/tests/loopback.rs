@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beam_e2e::{
-    Beam, HttpServer, TempDir, body_of, free_port, http_get_retry, listen_addr, sha256,
+    Beam, HttpServer, TempDir, body_of, free_port, http_get_retry, json_u64, latencies,
+    listen_addr, percentile, sha256, status_json,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -144,29 +145,6 @@ const MARKER: &[u8] = b"BEAM-PLAINTEXT-MARKER-a6f1c0de-relays-must-never-see-thi
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// `"key":N` from `beam status --json`.
-fn json_u64(json: &str, key: &str) -> Option<u64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    json[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn status_json(dir: &TempDir) -> String {
-    let out = std::process::Command::new(beam_e2e::beam_bin())
-        .args(["--state-dir", dir.path(), "status", "--json"])
-        .output()
-        .expect("run beam status");
-    assert!(
-        out.status.success(),
-        "beam status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 #[test]
@@ -540,25 +518,6 @@ fn a_relay_killed_mid_download_never_yields_a_wrong_body() {
     let line2 = c.wait_for("connection 2:", T);
     eprintln!("retry: {line2} (first: {line})");
     assert!(net.boot.running());
-}
-
-/// Milliseconds each of `n` GETs through the tunnel on `port` took (each checked by hash).
-fn latencies(port: u16, n: usize, want: &str, what: &str, who: &Beam) -> Vec<f64> {
-    (0..n)
-        .map(|i| {
-            let t = Instant::now();
-            let f = beam_e2e::http_get(port, Duration::from_secs(20))
-                .unwrap_or_else(|e| panic!("{what}: GET {i} of {n}: {e}\n{}", who.dump()));
-            assert_eq!(sha256(&f.body), want, "the body");
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect()
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// One peer opens tunnels to a service as fast as it can and holds them (never sending a

@@ -30,6 +30,7 @@
 
 pub mod addr;
 pub mod auth;
+pub mod by_address;
 pub mod frame;
 pub mod limit;
 pub mod tunnel;
@@ -137,12 +138,20 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// Connections held at once with one peer (`limits.connectionsPerPeer`).
     pub connections_per_peer: u32,
+    /// Incoming connections in their handshake and established, by IP address
+    /// (`limits.handshakesPerAddress`, `limits.handshakesTotal`, `limits.connectionsPerAddress`).
+    pub by_address: by_address::Bounds,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             connections_per_peer: 8,
+            by_address: by_address::Bounds {
+                handshakes_per_address: 16,
+                handshakes_total: 128,
+                connections_per_address: 64,
+            },
             streams_per_peer: 64,
             streams_total: 512,
             idle_timeout: Some(Duration::from_secs(600)),
@@ -258,8 +267,12 @@ pub struct Stats {
     pub idle_closed: AtomicU64,
     /// Tunnel attempts retried because their stream was dropped before the far end answered.
     pub open_retries: AtomicU64,
-    /// Incoming connections refused by `p2p.maxPeers` or `limits.connectionsPerPeer`.
+    /// Incoming connections refused by `p2p.maxPeers`, `limits.connectionsPerPeer` or
+    /// `limits.connectionsPerAddress`.
     pub connections_refused: AtomicU64,
+    /// Incoming connections closed as soon as accepted: their address, or the node, had
+    /// `limits.handshakesPerAddress` or `limits.handshakesTotal` still in their handshake.
+    pub handshakes_refused: AtomicU64,
 }
 
 /// A snapshot of the node for `beam status` and the status line.
@@ -429,6 +442,8 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     /// `p2p.maxPeers`: connections beyond it are refused.
     limits: connection_limits::Behaviour,
+    /// Handshakes and connections per IP address.
+    by_address: by_address::Behaviour,
 }
 
 /// Relay v2 settings for beam relays: a tunnel lives longer than relay v2's default 2 minutes
@@ -504,6 +519,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
                     .with_max_established(Some(config.max_peers))
                     .with_max_established_per_peer(Some(config.limits.connections_per_peer)),
             ),
+            by_address: by_address::Behaviour::new(config.limits.by_address),
         })
         .context("cannot set up the libp2p behaviours")?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -915,9 +931,19 @@ impl Driver {
                 ..
             } => {
                 tracing::debug!(%cause, "refused an incoming connection");
-                self.stats
-                    .connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
+                let handshake = matches!(
+                    cause.downcast_ref::<by_address::Refused>(),
+                    Some(
+                        by_address::Refused::HandshakesPerAddress(_)
+                            | by_address::Refused::HandshakesTotal(_)
+                    )
+                );
+                let counter = if handshake {
+                    &self.stats.handshakes_refused
+                } else {
+                    &self.stats.connections_refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let msg = error.to_string();
