@@ -59,9 +59,11 @@ struct Cli {
 enum Cmd {
     /// Print the latency model's median RTT between two points ("LAT,LON" or a city name).
     Latency {
-        /// First point, e.g. 38.9,-77.0 or Dublin.
+        /// First point, e.g. 38.9,-77.0 or Dublin (a point may start with `-`: -33.9,151.2).
+        #[arg(allow_hyphen_values = true)]
         a: String,
         /// Second point.
+        #[arg(allow_hyphen_values = true)]
         b: String,
     },
     /// Run every scenario in DIR and compare with the baseline; exit 1 on a regression.
