@@ -265,20 +265,105 @@ enum Action {
 }
 
 /// Runs `scenario`; `progress` is called with the simulated seconds done and total.
+///
+/// The steps, each its own function: who the hosts are ([`cast`]), their identities and
+/// addresses ([`identities`]), the network between them ([`network`]), the joins
+/// ([`spawn_joins`]), the workload's schedule and task ([`Workload`]), then the run and its
+/// summary ([`summarize_run`]). A new scenario key goes to the step it changes.
 pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<RunOutput, RunError> {
     let n = scenario.peers;
-    let seed = scenario.seed;
     let model = LatencyModel::default();
     let placements: Rc<Vec<Placement>> =
-        Rc::new(model.place_peers(scenario, &mut rng(seed, Stream::Placement)));
+        Rc::new(model.place_peers(scenario, &mut rng(scenario.seed, Stream::Placement)));
+    let cast = cast(scenario)?;
+    let ids = identities(scenario, &cast);
+    let mut net = network(scenario, &model, &placements, &ids.ips, &cast.nat);
+    let hosts: Vec<HostId> = (0..n).map(|i| net.add_host(ids.ips[i])).collect();
 
-    // Roles: participation by exact counts, shuffled; adversaries among the servers.
+    let metrics = Rc::new(RefCell::new(Metrics::new(n)));
+    let (events_tx, events_rx) = unbounded_channel::<()>();
+    let start = net.block_on(async { driver::now() });
+    let world = Rc::new(RefCell::new(World {
+        handle: net.handle(),
+        ips: hosts.iter().map(|h| net.ip(*h)).collect(),
+        hosts,
+        roles: cast.roles.clone(),
+        adversary: cast.adversary.clone(),
+        nat: cast.nat.clone(),
+        adversaries: Rc::clone(&ids.adversaries),
+        current: vec![None; n],
+        senders: vec![None; n],
+        events: events_tx,
+        metrics: Rc::clone(&metrics),
+        start,
+        eclipse: ids.eclipse,
+        republish: (scenario.workload.republish_s > 0)
+            .then(|| Duration::from_secs(scenario.workload.republish_s)),
+        strategy: match scenario.workload.strategy {
+            Strategy::Direct => beam_node::routing::Strategy::Direct,
+            Strategy::MultiHop => beam_node::routing::Strategy::MultiHop,
+            Strategy::Geographic => beam_node::routing::Strategy::Geographic,
+        },
+    }));
+
+    // Joins: the first honest server at 0, then everyone else in host order, evenly spaced
+    // over the first half of the warmup.
+    let first = cast.honest_servers.iter().copied().min().unwrap_or(0);
+    let order: Vec<usize> = std::iter::once(first)
+        .chain((0..n).filter(|&i| i != first))
+        .collect();
+    let spacing = (Duration::from_secs(scenario.warmup_s) / 2) / n.max(1) as u32;
+    spawn_joins(&net, &world, scenario.seed, &cast, &ids, &order, spacing);
+
+    let workload = Workload::new(scenario, &cast, &ids, &order, spacing);
+    let (end, service_count) = (workload.end, workload.services.len());
+    {
+        let world = Rc::clone(&world);
+        net.spawn_local(workload.run(world));
+    }
+
+    // Run, a simulated second at a time.
+    let total_s = end.as_secs();
+    for s in 1..=total_s {
+        net.run_until(Duration::from_secs(s));
+        progress(s, total_s);
+    }
+    net.run_until(end + Duration::from_millis(10));
+    drop(events_rx);
+
+    let w = world.borrow();
+    let m = metrics.borrow();
+    Ok(summarize_run(
+        scenario,
+        &model,
+        &placements,
+        &w,
+        &m,
+        service_count,
+    ))
+}
+
+/// Who each host is (indexed by host).
+struct Cast {
+    roles: Vec<Participation>,
+    adversary: Vec<bool>,
+    /// Behind a NAT.
+    nat: Vec<bool>,
+    /// Honest servers not behind a NAT (the bootstrap contacts).
+    honest_servers: Vec<usize>,
+    /// The hosts that publish a service, in host order.
+    service_hosts: Vec<usize>,
+}
+
+/// Roles by exact counts, shuffled; adversaries among the servers; NATs; the services.
+fn cast(scenario: &Scenario) -> Result<Cast, RunError> {
+    let n = scenario.peers;
     let counts = scenario.participation_counts();
     let mut roles: Vec<Participation> = std::iter::repeat_n(Participation::Light, counts.light)
         .chain(std::iter::repeat_n(Participation::Routing, counts.routing))
         .chain(std::iter::repeat_n(Participation::Full, counts.full))
         .collect();
-    let mut role_rng = rng(seed, Stream::Roles);
+    let mut role_rng = rng(scenario.seed, Stream::Roles);
     roles.shuffle(&mut role_rng);
     let mut servers: Vec<usize> = (0..n).filter(|&i| roles[i].is_server()).collect();
     servers.shuffle(&mut role_rng);
@@ -312,19 +397,41 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
     service_hosts.shuffle(&mut role_rng);
     service_hosts.truncate(scenario.workload.services);
     service_hosts.sort_unstable();
+    Ok(Cast {
+        roles,
+        adversary,
+        nat,
+        honest_servers,
+        service_hosts,
+    })
+}
 
-    // Identities.
-    let mut key_rng = rng(seed, Stream::Keys);
+/// Every host's identity and address, and what the adversaries share.
+struct Identities {
+    keys: Vec<Keypair>,
+    node_seeds: Vec<u64>,
+    ips: Vec<std::net::Ipv4Addr>,
+    /// The service the adversaries eclipse, if they do.
+    eclipse: Option<usize>,
+    adversaries: Rc<Adversaries>,
+}
+
+/// Keys (eclipsing adversaries grind theirs near the target's) and addresses: every honest
+/// host in a /24 of its own (as on the Internet, where a /24 limit must not hurt honest
+/// peers); Sybils all in one.
+fn identities(scenario: &Scenario, cast: &Cast) -> Identities {
+    let n = scenario.peers;
+    let mut key_rng = rng(scenario.seed, Stream::Keys);
     let mut keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate(&mut key_rng)).collect();
     let node_seeds: Vec<u64> = (0..n).map(|_| key_rng.random()).collect();
-    let mut adv_rng = rng(seed, Stream::Adversary);
-    // The eclipse: adversaries grind ids whose keys share a prefix with the target's key.
-    let eclipse = (scenario.adversary.eclipse_target && n_adv > 0)
-        .then(|| service_hosts.first().copied())
+    let mut adv_rng = rng(scenario.seed, Stream::Adversary);
+    let any_adversary = cast.adversary.iter().any(|&a| a);
+    let eclipse = (scenario.adversary.eclipse_target && any_adversary)
+        .then(|| cast.service_hosts.first().copied())
         .flatten();
     if let Some(target) = eclipse {
         let target_key = keys[target].peer_id().key();
-        for i in (0..n).filter(|&i| adversary[i]) {
+        for i in (0..n).filter(|&i| cast.adversary[i]) {
             keys[i] = loop {
                 let kp = Keypair::generate(&mut adv_rng);
                 if leading_zeros(&kp.peer_id().key().distance(&target_key)) >= ECLIPSE_BITS {
@@ -333,14 +440,11 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             };
         }
     }
-
-    // Addresses: every honest host in a /24 of its own (as on the Internet, where a /24 limit
-    // must not hurt honest peers); Sybils all in one.
     let ips: Vec<std::net::Ipv4Addr> = {
         let mut sybil = 0u8;
         (0..n)
             .map(|i| {
-                if scenario.adversary.sybil_subnet && adversary[i] {
+                if scenario.adversary.sybil_subnet && cast.adversary[i] {
                     sybil += 1;
                     std::net::Ipv4Addr::new(172, 30, 0, sybil)
                 } else {
@@ -350,7 +454,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
             .collect()
     };
     let mut adv_sorted: Vec<_> = (0..n)
-        .filter(|&i| adversary[i])
+        .filter(|&i| cast.adversary[i])
         .map(|i| {
             let id = keys[i].peer_id();
             (
@@ -363,335 +467,342 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         })
         .collect();
     adv_sorted.sort_by_key(|(k, _)| *k);
-
-    // The network.
-    let mut net = SimNet::new();
-    let hosts: Vec<HostId> = (0..n).map(|i| net.add_host(ips[i])).collect();
-    let by_ip: Rc<std::collections::HashMap<std::net::IpAddr, usize>> = Rc::new(
-        ips.iter()
-            .enumerate()
-            .map(|(i, ip)| (std::net::IpAddr::V4(*ip), i))
-            .collect(),
+    let adversaries = Rc::new(
+        Adversaries::new(
+            adv_sorted,
+            scenario.adversary.behaviours.iter().copied().collect(),
+            adv_rng.random(),
+        )
+        .eclipsing(eclipse.map(|t| keys[t].peer_id().key())),
     );
-    let loss = scenario.faults.loss;
-    {
-        let placements = Rc::clone(&placements);
-        let model = model.clone();
-        let mut rng = rng(seed, Stream::Network);
-        let nat = nat.clone();
-        let punch_success = scenario.nat.punch_success;
-        // NAT mappings: (host behind the NAT, remote) pairs it has sent to. A NAT'ed host
-        // receives only from remotes it has sent to; between two NAT'ed hosts that works only
-        // for the share `punch_success` of pairs (the rest have NATs a punch cannot open).
-        let mut mappings: std::collections::BTreeSet<(u32, u32)> =
-            std::collections::BTreeSet::new();
-        let punchable = move |a: usize, b: usize| {
-            let (lo, hi) = (a.min(b) as u64, a.max(b) as u64);
-            let mut h = ChaCha8Rng::seed_from_u64(seed ^ (lo << 32) ^ hi);
-            h.random_bool(punch_success)
-        };
-        let by_ip = Rc::clone(&by_ip);
-        net.set_rule(move |p: &Packet| {
-            let (Some(&a), Some(&b)) = (by_ip.get(&p.src), by_ip.get(&p.dst)) else {
-                return Verdict::Drop;
-            };
-            let (Some(pa), Some(pb)) = (placements.get(a), placements.get(b)) else {
-                return Verdict::Drop;
-            };
-            if nat[a] {
-                mappings.insert((a as u32, b as u32));
-            }
-            if nat[b] && (!mappings.contains(&(b as u32, a as u32)) || (nat[a] && !punchable(a, b)))
-            {
-                return Verdict::Drop;
-            }
-            if loss > 0.0 && rng.random_bool(loss) {
-                return Verdict::Drop;
-            }
-            Verdict::Deliver(model.one_way(pa, pb, &mut rng))
-        });
-    }
-    let metrics = Rc::new(RefCell::new(Metrics::new(n)));
-    let (events_tx, events_rx) = unbounded_channel::<()>();
-    let start = net.block_on(async { driver::now() });
-    let world = Rc::new(RefCell::new(World {
-        handle: net.handle(),
-        ips: hosts.iter().map(|h| net.ip(*h)).collect(),
-        hosts,
-        roles: roles.clone(),
-        adversary: adversary.clone(),
-        nat: nat.clone(),
-        adversaries: Rc::new(
-            Adversaries::new(
-                adv_sorted,
-                scenario.adversary.behaviours.iter().copied().collect(),
-                adv_rng.random(),
-            )
-            .eclipsing(eclipse.map(|t| keys[t].peer_id().key())),
-        ),
-        current: vec![None; n],
-        senders: vec![None; n],
-        events: events_tx,
-        metrics: Rc::clone(&metrics),
-        start,
+    Identities {
+        keys,
+        node_seeds,
+        ips,
         eclipse,
-        republish: (scenario.workload.republish_s > 0)
-            .then(|| Duration::from_secs(scenario.workload.republish_s)),
-        strategy: match scenario.workload.strategy {
-            Strategy::Direct => beam_node::routing::Strategy::Direct,
-            Strategy::MultiHop => beam_node::routing::Strategy::MultiHop,
-            Strategy::Geographic => beam_node::routing::Strategy::Geographic,
-        },
-    }));
+        adversaries,
+    }
+}
 
-    // Joins: the first honest server at 0, then everyone else in host order.
-    let warmup = Duration::from_secs(scenario.warmup_s);
-    let join_window = warmup / 2;
-    let first = honest_servers.iter().copied().min().unwrap_or(0);
-    let order: Vec<usize> = std::iter::once(first)
-        .chain((0..n).filter(|&i| i != first))
+/// The simulated network: the latency model's delays, `faults.loss`, and NATs that let in only
+/// what their host sent to (between two NAT'ed hosts, for the share `nat.punch_success` of
+/// pairs; the rest have NATs a punch cannot open).
+fn network(
+    scenario: &Scenario,
+    model: &LatencyModel,
+    placements: &Rc<Vec<Placement>>,
+    ips: &[std::net::Ipv4Addr],
+    nat: &[bool],
+) -> SimNet {
+    let seed = scenario.seed;
+    let net = SimNet::new();
+    let by_ip: std::collections::HashMap<std::net::IpAddr, usize> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| (std::net::IpAddr::V4(*ip), i))
         .collect();
-    let mut join_rng = rng(seed, Stream::Roles);
-    let spacing = join_window / n.max(1) as u32;
-    {
-        // Spawning host tasks must happen inside the simulation: do the joins from a task.
-        let world = Rc::clone(&world);
-        let (order, roles, adversary, keys, node_seeds) = (
-            order.clone(),
-            roles.clone(),
-            adversary.clone(),
-            keys.clone(),
-            node_seeds.clone(),
-        );
-        net.spawn_local(async move {
-            let base = tokio::time::Instant::now();
-            let mut joined_servers: Vec<usize> = vec![];
-            for (rank, &host) in order.iter().enumerate() {
-                tokio::time::sleep_until(base + spacing * rank as u32).await;
-                let mut w = world.borrow_mut();
-                // Bootstrap contacts: servers that joined before and are still there.
-                let mut pool: Vec<usize> = joined_servers
-                    .iter()
-                    .copied()
-                    .filter(|&s| w.current[s] == Some(keys[s].peer_id()))
-                    .collect();
-                pool.shuffle(&mut join_rng);
-                let contacts: Vec<Contact> =
-                    pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
-                if roles[host].is_server() && !adversary[host] && !nat[host] {
-                    joined_servers.push(host);
-                }
-                w.start_peer(
-                    host,
-                    keys[host].clone(),
-                    node_seeds[host],
-                    Duration::ZERO,
-                    contacts,
-                );
-            }
-        });
-    }
-
-    // The schedule of workload actions.
-    let measure_start = warmup;
-    let measure_end = warmup + Duration::from_secs(scenario.duration_s);
-    let mut schedule: BTreeMap<(Duration, u64), Action> = BTreeMap::new();
-    let mut seq = 0u64;
-    let mut at = |schedule: &mut BTreeMap<_, _>, t: Duration, a: Action| {
-        seq += 1;
-        schedule.insert((t, seq), a);
+    let loss = scenario.faults.loss;
+    let placements = Rc::clone(placements);
+    let model = model.clone();
+    let mut rng = rng(seed, Stream::Network);
+    let nat = nat.to_vec();
+    let punch_success = scenario.nat.punch_success;
+    // NAT mappings: (host behind the NAT, remote) pairs it has sent to.
+    let mut mappings: std::collections::BTreeSet<(u32, u32)> = std::collections::BTreeSet::new();
+    let punchable = move |a: usize, b: usize| {
+        let (lo, hi) = (a.min(b) as u64, a.max(b) as u64);
+        let mut h = ChaCha8Rng::seed_from_u64(seed ^ (lo << 32) ^ hi);
+        h.random_bool(punch_success)
     };
-    at(&mut schedule, warmup * 3 / 4, Action::Publish);
-    at(&mut schedule, measure_start, Action::StartMeasuring);
-    at(&mut schedule, measure_end, Action::StopMeasuring);
-    let mut wl_rng = rng(seed, Stream::Workload);
-    if scenario.workload.requests_per_s > 0.0 {
-        let mut t = measure_start.as_secs_f64();
-        loop {
-            let u: f64 = wl_rng.random_range(f64::EPSILON..1.0);
-            t += -u.ln() / scenario.workload.requests_per_s;
-            if t >= measure_end.as_secs_f64() {
-                break;
-            }
-            at(&mut schedule, Duration::from_secs_f64(t), Action::Request);
+    let mut net = net;
+    net.set_rule(move |p: &Packet| {
+        let (Some(&a), Some(&b)) = (by_ip.get(&p.src), by_ip.get(&p.dst)) else {
+            return Verdict::Drop;
+        };
+        let (Some(pa), Some(pb)) = (placements.get(a), placements.get(b)) else {
+            return Verdict::Drop;
+        };
+        if nat[a] {
+            mappings.insert((a as u32, b as u32));
         }
-    }
-    if scenario.faults.kill_fraction > 0.0 {
-        at(
-            &mut schedule,
-            Duration::from_secs(scenario.faults.kill_at_s),
-            Action::Kill,
-        );
-    }
-    let mut churn_rng = rng(seed, Stream::Churn);
-    let mean_session = scenario.churn.mean_session_s;
-    let session = move |rng: &mut ChaCha8Rng| {
-        let u: f64 = rng.random_range(f64::EPSILON..1.0);
-        Duration::from_secs_f64(-u.ln() * mean_session)
-    };
-    let mut generation = vec![0u32; n];
-    if mean_session > 0.0 {
+        if nat[b] && (!mappings.contains(&(b as u32, a as u32)) || (nat[a] && !punchable(a, b))) {
+            return Verdict::Drop;
+        }
+        if loss > 0.0 && rng.random_bool(loss) {
+            return Verdict::Drop;
+        }
+        Verdict::Deliver(model.one_way(pa, pb, &mut rng))
+    });
+    net
+}
+
+/// Starts every peer in `order`, `spacing` apart, each bootstrapping from up to three honest
+/// servers that joined before it and are still there. (Host tasks must be spawned from inside
+/// the simulation: the joins run as a task.)
+fn spawn_joins(
+    net: &SimNet,
+    world: &Rc<RefCell<World>>,
+    seed: u64,
+    cast: &Cast,
+    ids: &Identities,
+    order: &[usize],
+    spacing: Duration,
+) {
+    let world = Rc::clone(world);
+    let (order, roles, adversary, nat) = (
+        order.to_vec(),
+        cast.roles.clone(),
+        cast.adversary.clone(),
+        cast.nat.clone(),
+    );
+    let (keys, node_seeds) = (ids.keys.clone(), ids.node_seeds.clone());
+    let mut join_rng = rng(seed, Stream::Roles);
+    net.spawn_local(async move {
+        let base = tokio::time::Instant::now();
+        let mut joined_servers: Vec<usize> = vec![];
         for (rank, &host) in order.iter().enumerate() {
-            let joined = spacing * rank as u32;
-            at(
-                &mut schedule,
-                joined + session(&mut churn_rng),
-                Action::Leave {
-                    host,
-                    generation: 0,
-                },
+            tokio::time::sleep_until(base + spacing * rank as u32).await;
+            let mut w = world.borrow_mut();
+            let mut pool: Vec<usize> = joined_servers
+                .iter()
+                .copied()
+                .filter(|&s| w.current[s] == Some(keys[s].peer_id()))
+                .collect();
+            pool.shuffle(&mut join_rng);
+            let contacts: Vec<Contact> =
+                pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
+            if roles[host].is_server() && !adversary[host] && !nat[host] {
+                joined_servers.push(host);
+            }
+            w.start_peer(
+                host,
+                keys[host].clone(),
+                node_seeds[host],
+                Duration::ZERO,
+                contacts,
             );
         }
-    }
-    let end = measure_end + REQUEST_DEADLINE;
-    let mut next_seq = seq;
+    });
+}
 
-    // The workload task.
-    let services: Vec<(usize, PeerId)> = service_hosts
-        .iter()
-        .map(|&h| (h, keys[h].peer_id()))
-        .collect();
-    let service_count = services.len();
-    {
-        let world = Rc::clone(&world);
-        let metrics = Rc::clone(&metrics);
-        let scenario = scenario.clone();
-        net.spawn_local(async move {
-            let base = tokio::time::Instant::now();
-            let mut next_request = 0u64;
-            let mut key_rng = rng(seed, Stream::Keys);
-            // Skip the draws the initial identities used, so replacements get fresh keys.
-            for _ in 0..2 * n {
-                let _: [u8; 32] = key_rng.random();
+/// The workload: its schedule of actions (publish, measure, requests, kill, churn) and the
+/// state it needs to carry them out.
+struct Workload {
+    schedule: BTreeMap<(Duration, u64), Action>,
+    /// The tie-breaker of the next action scheduled.
+    next_seq: u64,
+    /// When the run ends: the last requests' deadline after measuring stops.
+    end: Duration,
+    services: Vec<(usize, PeerId)>,
+    /// Requests and kills.
+    wl_rng: ChaCha8Rng,
+    churn_rng: ChaCha8Rng,
+    /// Fresh identities for replacements.
+    key_rng: ChaCha8Rng,
+    /// The generation of the peer on each host (a leave of an older one is void).
+    generation: Vec<u32>,
+    next_request: u64,
+    n: usize,
+    kill_fraction: f64,
+    mean_session_s: f64,
+    keys: Vec<Keypair>,
+    roles: Vec<Participation>,
+}
+
+impl Workload {
+    /// The schedule: publishing at three quarters of the warmup, requests as a Poisson process
+    /// over the measured window, the kill, and each first peer's session end.
+    fn new(
+        scenario: &Scenario,
+        cast: &Cast,
+        ids: &Identities,
+        order: &[usize],
+        spacing: Duration,
+    ) -> Self {
+        let (seed, n) = (scenario.seed, scenario.peers);
+        let warmup = Duration::from_secs(scenario.warmup_s);
+        let measure_start = warmup;
+        let measure_end = warmup + Duration::from_secs(scenario.duration_s);
+        let mut wl = Workload {
+            schedule: BTreeMap::new(),
+            next_seq: 0,
+            end: measure_end + REQUEST_DEADLINE,
+            services: cast
+                .service_hosts
+                .iter()
+                .map(|&h| (h, ids.keys[h].peer_id()))
+                .collect(),
+            wl_rng: rng(seed, Stream::Workload),
+            churn_rng: rng(seed, Stream::Churn),
+            key_rng: rng(seed, Stream::Keys),
+            generation: vec![0; n],
+            next_request: 0,
+            n,
+            kill_fraction: scenario.faults.kill_fraction,
+            mean_session_s: scenario.churn.mean_session_s,
+            keys: ids.keys.clone(),
+            roles: cast.roles.clone(),
+        };
+        wl.at(warmup * 3 / 4, Action::Publish);
+        wl.at(measure_start, Action::StartMeasuring);
+        wl.at(measure_end, Action::StopMeasuring);
+        if scenario.workload.requests_per_s > 0.0 {
+            let mut t = measure_start.as_secs_f64();
+            loop {
+                let u: f64 = wl.wl_rng.random_range(f64::EPSILON..1.0);
+                t += -u.ln() / scenario.workload.requests_per_s;
+                if t >= measure_end.as_secs_f64() {
+                    break;
+                }
+                wl.at(Duration::from_secs_f64(t), Action::Request);
             }
-            while let Some(((t, _), action)) = schedule.pop_first() {
-                tokio::time::sleep_until(base + t).await;
-                let now = driver::now();
-                let mut w = world.borrow_mut();
-                match action {
-                    Action::Publish => {
-                        for &(h, _) in &services {
-                            let record = ServiceRecord {
-                                peer: keys[h].peer_id(),
-                                seq: 0,
-                                expires: 0,
-                                tor_address: None,
-                                endpoints: vec![Addr::new(socket_addr(w.ips[h]).to_string())],
-                                relays: vec![],
-                                reachable: !w.nat[h],
-                                coordinates: None,
-                                participation: roles[h],
-                                noise_key: None,
-                            };
-                            w.send(h, Command::Publish(Box::new(record)));
-                        }
-                    }
-                    Action::StartMeasuring => metrics.borrow_mut().measuring = true,
-                    Action::StopMeasuring => {
-                        metrics.borrow_mut().measuring = false;
-                        for h in 0..n {
-                            w.send(h, Command::Snapshot);
-                        }
-                    }
-                    Action::Request => {
-                        if services.is_empty() {
-                            continue;
-                        }
-                        let (service_host, service_id) =
-                            services[wl_rng.random_range(0..services.len())];
-                        if w.current[service_host] != Some(service_id) {
-                            continue;
-                        }
-                        let live: Vec<usize> = (0..n)
-                            .filter(|&i| i != service_host && w.current[i].is_some())
-                            .collect();
-                        let Some(&client) = live.get(wl_rng.random_range(0..live.len().max(1)))
-                        else {
-                            continue;
-                        };
-                        next_request += 1;
-                        metrics.borrow_mut().requests.insert(
-                            next_request,
-                            metrics::RequestRecord {
-                                start: now,
-                                client,
-                                service: service_host,
-                                lookup: None,
-                                answer: None,
-                                client_left: false,
-                            },
-                        );
-                        w.send(
-                            client,
-                            Command::Request {
-                                id: next_request,
-                                service: service_id,
-                            },
-                        );
-                    }
-                    Action::Kill => {
-                        let mut live: Vec<usize> =
-                            (0..n).filter(|&i| w.current[i].is_some()).collect();
-                        live.shuffle(&mut wl_rng);
-                        let k =
-                            (scenario.faults.kill_fraction * live.len() as f64).round() as usize;
-                        for &h in &live[..k.min(live.len())] {
-                            w.kill(h);
-                        }
-                    }
+        }
+        if scenario.faults.kill_fraction > 0.0 {
+            wl.at(Duration::from_secs(scenario.faults.kill_at_s), Action::Kill);
+        }
+        if wl.mean_session_s > 0.0 {
+            for (rank, &host) in order.iter().enumerate() {
+                let joined = spacing * rank as u32;
+                let t = joined + wl.session();
+                wl.at(
+                    t,
                     Action::Leave {
                         host,
-                        generation: g,
-                    } => {
-                        if generation[host] != g || w.current[host].is_none() {
-                            continue;
-                        }
-                        w.kill(host);
-                        generation[host] += 1;
-                        let kp = Keypair::generate(&mut key_rng);
-                        let node_seed = key_rng.random();
-                        let mut pool = w.honest_servers_alive();
-                        pool.shuffle(&mut churn_rng);
-                        let contacts: Vec<Contact> =
-                            pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
-                        // One tick later: the killed peer's task (and its socket) must be gone
-                        // before the new peer binds the same port, or dropping the old socket
-                        // would unbind the new one.
-                        w.start_peer(host, kp, node_seed, Duration::from_millis(1), contacts);
-                        let t_next = base.elapsed() + session(&mut churn_rng);
-                        next_seq += 1;
-                        schedule.insert(
-                            (t_next, next_seq),
-                            Action::Leave {
-                                host,
-                                generation: generation[host],
-                            },
-                        );
+                        generation: 0,
+                    },
+                );
+            }
+        }
+        // Skip the draws the initial identities used, so replacements get fresh keys.
+        for _ in 0..2 * n {
+            let _: [u8; 32] = wl.key_rng.random();
+        }
+        wl
+    }
+
+    fn at(&mut self, t: Duration, a: Action) {
+        self.next_seq += 1;
+        self.schedule.insert((t, self.next_seq), a);
+    }
+
+    /// A session length: exponential with mean `churn.mean_session_s`.
+    fn session(&mut self) -> Duration {
+        let u: f64 = self.churn_rng.random_range(f64::EPSILON..1.0);
+        Duration::from_secs_f64(-u.ln() * self.mean_session_s)
+    }
+
+    /// Carries out the schedule, each action at its time.
+    async fn run(mut self, world: Rc<RefCell<World>>) {
+        let base = tokio::time::Instant::now();
+        while let Some(((t, _), action)) = self.schedule.pop_first() {
+            tokio::time::sleep_until(base + t).await;
+            let now = driver::now();
+            let mut w = world.borrow_mut();
+            match action {
+                Action::Publish => self.publish(&w),
+                Action::StartMeasuring => w.metrics.borrow_mut().measuring = true,
+                Action::StopMeasuring => {
+                    w.metrics.borrow_mut().measuring = false;
+                    for h in 0..self.n {
+                        w.send(h, Command::Snapshot);
                     }
                 }
+                Action::Request => self.request(&w, now),
+                Action::Kill => self.kill(&mut w),
+                Action::Leave { host, generation } => {
+                    self.leave(&mut w, host, generation, base.elapsed())
+                }
             }
-        });
+        }
     }
 
-    // Run, a simulated second at a time.
-    let total_s = end.as_secs();
-    for s in 1..=total_s {
-        net.run_until(Duration::from_secs(s));
-        progress(s, total_s);
+    /// Every service publishes its record.
+    fn publish(&self, w: &World) {
+        for &(h, _) in &self.services {
+            let record = ServiceRecord {
+                peer: self.keys[h].peer_id(),
+                seq: 0,
+                expires: 0,
+                tor_address: None,
+                endpoints: vec![Addr::new(socket_addr(w.ips[h]).to_string())],
+                relays: vec![],
+                reachable: !w.nat[h],
+                coordinates: None,
+                participation: self.roles[h],
+                noise_key: None,
+            };
+            w.send(h, Command::Publish(Box::new(record)));
+        }
     }
-    net.run_until(end + Duration::from_millis(10));
-    drop(events_rx);
 
-    let w = world.borrow();
-    let m = metrics.borrow();
-    Ok(summarize_run(
-        scenario,
-        &model,
-        &placements,
-        &w,
-        &m,
-        service_count,
-    ))
+    /// A random live client asks a random service (not sent, not counted, when the service
+    /// is not alive).
+    fn request(&mut self, w: &World, now: Instant) {
+        if self.services.is_empty() {
+            return;
+        }
+        let (service_host, service_id) =
+            self.services[self.wl_rng.random_range(0..self.services.len())];
+        if w.current[service_host] != Some(service_id) {
+            return;
+        }
+        let live: Vec<usize> = (0..self.n)
+            .filter(|&i| i != service_host && w.current[i].is_some())
+            .collect();
+        let Some(&client) = live.get(self.wl_rng.random_range(0..live.len().max(1))) else {
+            return;
+        };
+        self.next_request += 1;
+        w.metrics.borrow_mut().requests.insert(
+            self.next_request,
+            metrics::RequestRecord {
+                start: now,
+                client,
+                service: service_host,
+                lookup: None,
+                answer: None,
+                client_left: false,
+            },
+        );
+        w.send(
+            client,
+            Command::Request {
+                id: self.next_request,
+                service: service_id,
+            },
+        );
+    }
+
+    /// `faults.kill_fraction` of the live peers die, not replaced.
+    fn kill(&mut self, w: &mut World) {
+        let mut live: Vec<usize> = (0..self.n).filter(|&i| w.current[i].is_some()).collect();
+        live.shuffle(&mut self.wl_rng);
+        let k = (self.kill_fraction * live.len() as f64).round() as usize;
+        for &h in &live[..k.min(live.len())] {
+            w.kill(h);
+        }
+    }
+
+    /// The peer of generation `g` on `host` leaves; a new one (new identity) takes its place
+    /// and gets a session of its own.
+    fn leave(&mut self, w: &mut World, host: usize, g: u32, elapsed: Duration) {
+        if self.generation[host] != g || w.current[host].is_none() {
+            return;
+        }
+        w.kill(host);
+        self.generation[host] += 1;
+        let kp = Keypair::generate(&mut self.key_rng);
+        let node_seed = self.key_rng.random();
+        let mut pool = w.honest_servers_alive();
+        pool.shuffle(&mut self.churn_rng);
+        let contacts: Vec<Contact> = pool.iter().take(3).filter_map(|&s| w.contact(s)).collect();
+        // One tick later: the killed peer's task (and its socket) must be gone before the new
+        // peer binds the same port, or dropping the old socket would unbind the new one.
+        w.start_peer(host, kp, node_seed, Duration::from_millis(1), contacts);
+        let t_next = elapsed + self.session();
+        let generation = self.generation[host];
+        self.at(t_next, Action::Leave { host, generation });
+    }
 }
 
 /// What the routing tables at the end say about the overlay.
