@@ -16,6 +16,7 @@ use beam_node::routing::Strategy;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::p2p::auth::Token;
+use crate::p2p::inspect::{self, Direction, Info, Kind};
 use crate::p2p::tunnel::{self, OpenError, Opened};
 use crate::p2p::{self, Handle, Notice, Route};
 
@@ -36,6 +37,8 @@ pub struct Options {
     pub tor: Option<TorFallback>,
     /// The access token to present (`--token`).
     pub token: Option<Token>,
+    /// Where the control socket goes (`beam status --connections` asks it).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// Where and how to start Tor when a connection falls back to it.
@@ -93,6 +96,19 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     let started = Instant::now();
     let (handle, mut notices) = p2p::start(config).await?;
     p2p::tunnel::spawn_acceptors(&handle, None)?;
+    crate::control::spawn(
+        &opts.state_dir,
+        crate::control::Context {
+            p2p: handle.clone(),
+            port: None,
+            name: None,
+            auth_required: false,
+            #[cfg(feature = "tor")]
+            tor: None,
+            started,
+        },
+    )
+    .await?;
     wait_joined(&mut notices, opts.wait).await?;
     tracing::debug!(ms = started.elapsed().as_millis(), "joined");
     let record = resolve(&handle, &opts.target, opts.wait).await?;
@@ -266,16 +282,76 @@ pub fn describe(route: &Route) -> String {
     }
 }
 
-/// Opens a tunnel for one connection, choosing another route when one fails.
+/// The inspector's record of a tunnel this node opened on `route`, after `failed` routes
+/// failed.
+pub fn outgoing(
+    handle: &Handle,
+    route: &Route,
+    strategy: Strategy,
+    failed: usize,
+    setup: Duration,
+) -> Info {
+    let via: Vec<String> = route.relays.iter().map(|(p, _)| p.short()).collect();
+    let (kind, why) = match route.relays.len() {
+        0 if !route.reachable => (
+            Kind::HolePunched,
+            "the service is behind a NAT: a direct connection punched through it".to_string(),
+        ),
+        0 => (
+            Kind::Direct,
+            "the service can be dialled and the strategy is direct".to_string(),
+        ),
+        1 if !route.reachable => (
+            Kind::Relayed,
+            "the service is behind a NAT: through the relay its record names".to_string(),
+        ),
+        _ => (
+            if route.relays.len() == 1 {
+                Kind::Relayed
+            } else {
+                Kind::MultiHop
+            },
+            match strategy {
+                Strategy::MultiHop => {
+                    "--strategy multi-hop: random relays, sealed end to end".to_string()
+                }
+                Strategy::Geographic => {
+                    "--strategy geographic: the relays with the lowest predicted latency, sealed \
+                     end to end"
+                        .to_string()
+                }
+                Strategy::Direct => "sealed end to end through relays".to_string(),
+            },
+        ),
+    };
+    let why = match failed {
+        0 => why,
+        1 => format!("{why}; after 1 route failed"),
+        n => format!("{why}; after {n} routes failed"),
+    };
+    let first_hop = route.relays.first().map_or(&route.service, |(p, _)| p);
+    Info {
+        direction: Direction::Out,
+        kind,
+        peer: route.service.short(),
+        via,
+        why,
+        setup_ms: inspect::ms(setup),
+        first_hop_rtt_ms: handle.rtt(first_hop).map(inspect::ms),
+    }
+}
+
+/// Opens a tunnel for one connection, choosing another route when one fails; also says how
+/// many routes failed before.
 pub async fn open_with_failover(
     handle: &Handle,
     record: &ServiceRecord,
     strategy: Strategy,
     token: Option<&Token>,
-) -> Result<(Route, Opened), OpenError> {
+) -> Result<(Route, Opened, usize), OpenError> {
     let mut exclude = BTreeSet::new();
     let mut last = None;
-    for _ in 0..MAX_ROUTES {
+    for failed in 0..MAX_ROUTES {
         let route = match handle.plan(record, strategy, exclude.clone()).await {
             Ok(r) => r,
             Err(e) => {
@@ -289,7 +365,7 @@ pub async fn open_with_failover(
         match tunnel::open(handle, &route, token).await {
             Ok(o) => {
                 handle.outcome(relays, true).await;
-                return Ok((route, o));
+                return Ok((route, o, failed));
             }
             // The service answered: another route gets the same answer.
             Err(e) if e.is_the_services_answer() => return Err(e),
@@ -328,14 +404,21 @@ impl Forwarder {
             *self.record.write().await = fresh;
         }
         match opened {
-            Ok((route, opened)) => {
+            Ok((route, opened, failed)) => {
                 println!(
                     "connection {n}: {}, setup {:.1} ms",
                     describe(&route),
                     opened.setup.as_secs_f64() * 1e3
                 );
+                let tracked = handle.connections.track(outgoing(
+                    handle,
+                    &route,
+                    self.strategy,
+                    failed,
+                    started.elapsed(),
+                ));
                 let next_nonce = u64::from(!route.relays.is_empty());
-                tunnel::carry(handle, tcp, opened.tunnel, next_nonce).await;
+                tunnel::carry(handle, tcp, opened.tunnel, next_nonce, &tracked.conn).await;
             }
             Err(OpenError::Refused(tunnel::Status::Unauthorized)) => {
                 if token.is_some() {
@@ -367,7 +450,17 @@ impl Forwarder {
                                     "connection {n}: over Tor to {onion}, setup {:.1} ms",
                                     started.elapsed().as_secs_f64() * 1e3
                                 );
-                                crate::tor::splice(stream, tcp).await;
+                                let tracked = handle.connections.track(Info {
+                                    direction: Direction::Out,
+                                    kind: Kind::Tor,
+                                    peer: onion.clone(),
+                                    via: vec![],
+                                    why: format!("no P2P route ({e}): the Tor fallback"),
+                                    setup_ms: inspect::ms(started.elapsed()),
+                                    first_hop_rtt_ms: None,
+                                });
+                                let (down, up) = crate::tor::splice(stream, tcp).await;
+                                tracked.conn.set_bytes(down, up);
                             }
                             Err(e) => {
                                 eprintln!("connection {n}: {e:#}");

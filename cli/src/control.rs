@@ -8,6 +8,8 @@
 //! ← {"ok":true,"status":{…}}
 //! → {"get":"tor"}
 //! ← {"ok":true,"tor":{…}}         (or {"ok":false,"error":"…"})
+//! → {"get":"connections"}
+//! ← {"ok":true,"connections":[…]}
 //! ```
 //!
 //! Binding also tells two `beam`s apart: a second one started with the same state directory
@@ -46,6 +48,8 @@ pub enum Request {
     Status,
     /// The Tor side (runs a reachability self-test when the last one is old).
     Tor,
+    /// The tunnel connections open now and recently (the connection inspector).
+    Connections,
 }
 
 /// What the running node knows about itself, for `beam status`.
@@ -204,6 +208,10 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
             };
             Ok(serde_json::json!({"ok": true, "status": status}))
         }
+        Request::Connections => Ok(serde_json::json!({
+            "ok": true,
+            "connections": ctx.p2p.connections.views(),
+        })),
         Request::Tor => {
             #[cfg(feature = "tor")]
             if let Some(tor) = &ctx.tor {

@@ -94,7 +94,7 @@ pub async fn run(json: bool) -> Result<()> {
         ("multi-hop", Strategy::MultiHop),
     ] {
         let t = Instant::now();
-        let (route, opened) = open_with_failover(&client, &record, strategy, None)
+        let (route, opened, failed) = open_with_failover(&client, &record, strategy, None)
             .await
             .with_context(|| format!("cannot open a {label} tunnel"))?;
         let setup = opened.setup;
@@ -103,9 +103,11 @@ pub async fn run(json: bool) -> Result<()> {
         let addr = local.local_addr()?;
         let h = client.clone();
         let sealed = !route.relays.is_empty();
+        let info = crate::connect::outgoing(&client, &route, strategy, failed, setup);
         tokio::spawn(async move {
             if let Ok((tcp, _)) = local.accept().await {
-                p2p::tunnel::carry(&h, tcp, opened.tunnel, u64::from(sealed)).await;
+                let tracked = h.connections.track(info);
+                p2p::tunnel::carry(&h, tcp, opened.tunnel, u64::from(sealed), &tracked.conn).await;
             }
         });
         let body = http_get(addr).await?;

@@ -185,6 +185,11 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// List the tunnel connections open now and the last 64 ended: how each got there
+        /// (direct, hole-punched, relayed via which peer, multi-hop via which peers, over Tor),
+        /// why that route, its setup time and first hop's RTT, bytes each way and duration.
+        #[arg(long)]
+        connections: bool,
     },
     /// The Tor side of the running beam.
     Tor {
@@ -549,6 +554,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                     strategy: args.strategy.map_or(settings.strategy, Into::into),
                     wait: std::time::Duration::from_secs(args.wait),
                     token,
+                    state_dir: dir.clone(),
                     tor: (!args.no_tor).then(|| connect::TorFallback {
                         dir: dir.clone(),
                         timeout: std::time::Duration::from_secs(args.tor_timeout),
@@ -557,9 +563,13 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             ))
         }
         Some(Command::Demo { json }) => runtime()?.block_on(demo::run(json)),
-        Some(Command::Status { json }) => {
+        Some(Command::Status { json, connections }) => {
             let dir = state::dir(cli.state_dir)?;
-            runtime()?.block_on(status::node(&dir, json))
+            if connections {
+                runtime()?.block_on(status::connections(&dir, json))
+            } else {
+                runtime()?.block_on(status::node(&dir, json))
+            }
         }
         Some(Command::Tor {
             command: TorCommand::Status { json },

@@ -97,6 +97,59 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `beam status --connections [--json]`: the connection inspector.
+pub async fn connections(state_dir: &Path, json: bool) -> Result<()> {
+    let v = control::ask(state_dir, &Request::Connections, Duration::from_secs(10)).await?;
+    let list = v["connections"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", Value::Array(list));
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no tunnel connections yet");
+        return Ok(());
+    }
+    for c in &list {
+        let via: Vec<&str> = c["via"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let route = match (c["kind"].as_str().unwrap_or("?"), via.is_empty()) {
+            (k, true) => k.to_string(),
+            (k, false) => format!("{k} via {}", via.join(", ")),
+        };
+        let arrow = if c["direction"] == "in" { "from" } else { "to" };
+        let state = match (c["open"].as_bool(), c["ended_s_ago"].as_f64()) {
+            (Some(true), _) => "open".to_string(),
+            (_, Some(ago)) => format!("ended {ago:.0} s ago"),
+            _ => "ended".to_string(),
+        };
+        let rtt = c["first_hop_rtt_ms"]
+            .as_f64()
+            .map_or("not measured".to_string(), |r| format!("{r:.1} ms"));
+        println!(
+            "#{} {} {arrow} {}: {route} · {state}, {:.1} s",
+            c["id"],
+            c["direction"].as_str().unwrap_or("?"),
+            c["peer"].as_str().unwrap_or("?"),
+            c["duration_s"].as_f64().unwrap_or(0.0),
+        );
+        println!(
+            "    in {}, out {} · setup {:.1} ms · first hop RTT {rtt}",
+            bytes(c["bytes_in"].as_u64().unwrap_or(0)),
+            bytes(c["bytes_out"].as_u64().unwrap_or(0)),
+            c["setup_ms"].as_f64().unwrap_or(0.0),
+        );
+        println!("    why: {}", c["why"].as_str().unwrap_or("?"));
+        if let Some(e) = c["error"].as_str() {
+            println!("    failed: {e}");
+        }
+    }
+    Ok(())
+}
+
 /// `beam tor status [--json]`.
 pub async fn tor(state_dir: &Path, json: bool) -> Result<()> {
     // The answer may wait for a self-test through the Tor network (up to 30 s).

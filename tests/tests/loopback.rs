@@ -226,6 +226,58 @@ fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
         full, 2,
         "two relays each carried the whole body: {carried:?}"
     );
+
+    // The connection inspector, on both ends: how each tunnel got there and what it carried.
+    let len = body.len() as u64;
+    let direct = inspected(&cdir2, "out", "direct", len);
+    assert_eq!(direct["via"].as_array().map(Vec::len), Some(0), "{direct}");
+    let multi = inspected(&cdir3, "out", "multi-hop", len);
+    assert_eq!(multi["via"].as_array().map(Vec::len), Some(2), "{multi}");
+    assert!(
+        multi["why"].as_str().unwrap_or("").contains("multi-hop"),
+        "{multi}"
+    );
+    let served = inspected(&sdir, "in", "direct", 0);
+    assert!(served["bytes_out"].as_u64() >= Some(len), "{served}");
+    let sealed = inspected(&sdir, "in", "relayed", 0);
+    assert!(sealed["bytes_out"].as_u64() >= Some(len), "{sealed}");
+    // The service sees the last relay, which is the client's second.
+    assert_eq!(sealed["via"][0], multi["via"][1], "{sealed} {multi}");
+    let text = std::process::Command::new(beam_e2e::beam_bin())
+        .args(["--state-dir", cdir3.path(), "status", "--connections"])
+        .output()
+        .expect("beam status --connections");
+    let text = String::from_utf8_lossy(&text.stdout);
+    eprintln!("beam status --connections (the multi-hop client):\n{text}");
+    assert!(text.contains("multi-hop via "), "{text}");
+    assert!(text.contains("why: --strategy multi-hop"), "{text}");
+}
+
+/// The first tunnel connection `beam status --connections --json` lists for the node in `dir`
+/// with this direction and kind that carried at least `bytes_in` in.
+fn inspected(dir: &TempDir, direction: &str, kind: &str, bytes_in: u64) -> serde_json::Value {
+    let out = std::process::Command::new(beam_e2e::beam_bin())
+        .args([
+            "--state-dir",
+            dir.path(),
+            "status",
+            "--connections",
+            "--json",
+        ])
+        .output()
+        .expect("beam status --connections --json");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    all.as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| {
+            c["direction"] == direction
+                && c["kind"] == kind
+                && c["bytes_in"].as_u64() >= Some(bytes_in)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no {direction} {kind} connection with {bytes_in} B in: {all}"))
 }
 
 #[test]

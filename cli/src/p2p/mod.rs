@@ -32,6 +32,7 @@ pub mod addr;
 pub mod auth;
 pub mod by_address;
 pub mod frame;
+pub mod inspect;
 pub mod limit;
 pub mod tunnel;
 
@@ -355,9 +356,23 @@ pub struct Handle {
     pub streams: Arc<limit::StreamLimits>,
     /// The idle timeout of tunnels and circuits.
     pub idle_timeout: Option<Duration>,
+    /// The tunnel connections carried now and recently (the connection inspector).
+    pub connections: Arc<inspect::Connections>,
+    /// The last libp2p ping RTT to each connected peer.
+    pub rtts: Arc<std::sync::Mutex<HashMap<libp2p::PeerId, Duration>>>,
 }
 
 impl Handle {
+    /// The last ping RTT measured to `peer`, if connected and measured.
+    pub fn rtt(&self, peer: &beam_node::PeerId) -> Option<Duration> {
+        let id = addr::to_libp2p(peer)?;
+        self.rtts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.cmd
@@ -580,6 +595,8 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
             config.limits.streams_total,
         ),
         idle_timeout: config.limits.idle_timeout,
+        connections: Arc::default(),
+        rtts: Arc::default(),
     };
     let bootstrap = config
         .bootstrap
@@ -620,6 +637,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         resolves: BTreeMap::new(),
         notices: notice_tx,
         stats,
+        rtts: handle.rtts.clone(),
         last_wall_clock: now,
     };
     tokio::spawn(driver.run(cmd_rx, inbound_rx));
@@ -681,6 +699,8 @@ struct Driver {
     resolves: BTreeMap<ResolveId, oneshot::Sender<Result<ServiceRecord, ResolveError>>>,
     notices: mpsc::UnboundedSender<Notice>,
     stats: Arc<Stats>,
+    /// Shared with [`Handle::rtts`].
+    rtts: Arc<std::sync::Mutex<HashMap<libp2p::PeerId, Duration>>>,
     last_wall_clock: Instant,
 }
 
@@ -925,6 +945,10 @@ impl Driver {
                 }
                 self.flush_pending(peer_id);
                 self.remote_ip.remove(&peer_id);
+                self.rtts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&peer_id);
             }
             SwarmEvent::IncomingConnectionError {
                 error: libp2p::swarm::ListenError::Denied { cause },
@@ -1061,6 +1085,16 @@ impl Driver {
                 }
                 tracing::debug!(peer = %peer_id, "identified");
                 self.flush_pending(peer_id);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => {
+                self.rtts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(peer, rtt);
             }
             _ => {}
         }

@@ -37,6 +37,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use super::addr::to_libp2p;
 use super::auth::{self, Token};
+use super::inspect::{Conn, Direction, Info, Kind};
 use super::limit::Activity;
 use super::{Handle, PROTO_CIRCUIT, PROTO_TUNNEL, Route, frame};
 
@@ -400,10 +401,16 @@ fn open_in_order(session: &mut Session, frame: &[u8], expected: u64) -> io::Resu
 
 /// Carries `tcp` over `tunnel` until both directions end; `next_nonce_in` is the nonce of the
 /// peer's next sealed frame (the client has read the status frame, 0, already). Counts bytes in
-/// `handle.stats`. On
-/// any error the TCP connection is reset, not closed, so the application sees a failure rather
-/// than a clean (possibly truncated) end.
-pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_nonce_in: u64) {
+/// `handle.stats` and in `conn` (the inspector's view of this connection). On any error the TCP
+/// connection is reset, not closed, so the application sees a failure rather than a clean
+/// (possibly truncated) end.
+pub async fn carry(
+    handle: &Handle,
+    mut tcp: TcpStream,
+    tunnel: Tunnel,
+    next_nonce_in: u64,
+    conn: &Conn,
+) {
     let stats = handle.stats.clone();
     stats.tunnels_open.fetch_add(1, Ordering::Relaxed);
     stats.tunnels_total.fetch_add(1, Ordering::Relaxed);
@@ -413,14 +420,22 @@ pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_non
             Tunnel::Plain(s) => {
                 let (tr, tw) = tcp.split();
                 let (sr, sw) = tokio::io::split(s);
+                let (out, inn) = (
+                    [&stats.bytes_out, &conn.bytes_out],
+                    [&stats.bytes_in, &conn.bytes_in],
+                );
                 tokio::try_join!(
-                    copy_counted(tr, sw, &stats.bytes_out, &activity, None),
-                    copy_counted(sr, tw, &stats.bytes_in, &activity, None)
+                    copy_counted(tr, sw, &out, &activity, None),
+                    copy_counted(sr, tw, &inn, &activity, None)
                 )
                 .map(|_| ())
             }
             Tunnel::Sealed(s, session) => {
-                pump_sealed(&mut tcp, s, *session, next_nonce_in, &stats, &activity).await
+                let counts = Counts {
+                    stats: &stats,
+                    conn,
+                };
+                pump_sealed(&mut tcp, s, *session, next_nonce_in, counts, &activity).await
             }
         }
     };
@@ -428,8 +443,16 @@ pub async fn carry(handle: &Handle, mut tcp: TcpStream, tunnel: Tunnel, next_non
     stats.tunnels_open.fetch_sub(1, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(error = %e, "tunnel connection failed");
+        conn.failed(e.to_string());
         let _ = tcp.set_zero_linger();
     }
+}
+
+/// Where a sealed tunnel counts its bytes.
+#[derive(Clone, Copy)]
+struct Counts<'a> {
+    stats: &'a super::Stats,
+    conn: &'a Conn,
 }
 
 /// Runs `moving` until it ends or nothing has moved for the idle timeout (counted; an error).
@@ -454,7 +477,7 @@ async fn until_idle(
 async fn copy_counted<R, W>(
     mut r: R,
     mut w: W,
-    counter: &AtomicU64,
+    counters: &[&AtomicU64],
     activity: &Activity,
     relayed: Option<Relayed<'_>>,
 ) -> io::Result<()>
@@ -470,7 +493,9 @@ where
         }
         activity.touch();
         w.write_all(&buf[..n]).await?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
+        for c in counters.iter() {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
         if let Some(relayed) = &relayed {
             if let Some(tap) = relayed.tap {
                 use std::io::Write as _;
@@ -514,7 +539,7 @@ async fn pump_sealed(
     s: Compat<libp2p::Stream>,
     session: Session,
     mut expected: u64,
-    stats: &super::Stats,
+    counts: Counts<'_>,
     activity: &Activity,
 ) -> io::Result<()> {
     let session = Arc::new(Mutex::new(session));
@@ -536,7 +561,11 @@ async fn pump_sealed(
                 .map_err(sealing)?;
             out[..4].copy_from_slice(&(len as u32).to_be_bytes());
             sw.write_all(&out[..4 + len]).await?;
-            stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            counts
+                .stats
+                .bytes_out
+                .fetch_add(n as u64, Ordering::Relaxed);
+            counts.conn.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
             if n == 0 {
                 // The sealed empty frame says "end of data"; then half-close.
                 sw.shutdown().await?;
@@ -568,7 +597,8 @@ async fn pump_sealed(
                 return Ok(());
             }
             tw.write_all(&plain[..n]).await?;
-            stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            counts.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            counts.conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         }
     };
     tokio::try_join!(up, down).map(|_| ())
@@ -619,7 +649,7 @@ pub fn spawn_acceptors(handle: &Handle, local: Option<Local>) -> anyhow::Result<
                         let _ = write_byte(&mut s, Status::Busy).await;
                         return;
                     };
-                    serve_direct(&h, s, &local).await;
+                    serve_direct(&h, peer, s, &local).await;
                 });
             }
         });
@@ -669,7 +699,13 @@ async fn read_hello<R: AsyncRead + Unpin>(s: &mut R) -> Result<Option<Vec<u8>>, 
     Ok(Some(token))
 }
 
-async fn serve_direct(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Local) {
+async fn serve_direct(
+    handle: &Handle,
+    from: libp2p::PeerId,
+    mut s: Compat<libp2p::Stream>,
+    local: &Local,
+) {
+    let started = std::time::Instant::now();
     let token = match read_hello(&mut s).await {
         Ok(t) => t,
         Err(e) => {
@@ -681,7 +717,15 @@ async fn serve_direct(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Lo
     match reach_local(handle, local, token.as_deref()).await {
         Ok(tcp) => {
             if write_byte(&mut s, Status::Ok).await.is_ok() {
-                carry(handle, tcp, Tunnel::Plain(s), 0).await;
+                let tracked = handle.connections.track(incoming(
+                    handle,
+                    &from,
+                    Kind::Direct,
+                    vec![],
+                    "the client opened a tunnel straight to this node",
+                    started,
+                ));
+                carry(handle, tcp, Tunnel::Plain(s), 0, &tracked.conn).await;
             }
         }
         Err(st) => {
@@ -743,7 +787,7 @@ async fn on_circuit(
     };
     if header.hops.is_empty() {
         match local {
-            Some(local) => serve_sealed(handle, s, &local).await,
+            Some(local) => serve_sealed(handle, from, s, &local).await,
             None => refuse(&mut s, Status::NoService).await,
         }
     } else {
@@ -838,9 +882,10 @@ async fn relay(
     let counter = &handle.stats.bytes_relayed;
     let activity = Activity::default();
     let moving = async {
+        let counters = [counter];
         tokio::try_join!(
-            copy_counted(ir, ow, counter, &activity, relayed()),
-            copy_counted(or, iw, counter, &activity, relayed())
+            copy_counted(ir, ow, &counters, &activity, relayed()),
+            copy_counted(or, iw, &counters, &activity, relayed())
         )
         .map(|_| ())
     };
@@ -849,7 +894,13 @@ async fn relay(
     }
 }
 
-async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Local) {
+async fn serve_sealed(
+    handle: &Handle,
+    from: libp2p::PeerId,
+    mut s: Compat<libp2p::Stream>,
+    local: &Local,
+) {
+    let started = std::time::Instant::now();
     let Ok(responder) = handle.e2e_responder().await else {
         return;
     };
@@ -877,7 +928,23 @@ async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Lo
             .map_err(|e| e.to_string())?;
         s.flush().await.map_err(|e| e.to_string())?;
         if let Some(tcp) = tcp {
-            carry(handle, tcp, Tunnel::Sealed(s, Box::new(session)), 0).await;
+            let tracked = handle.connections.track(incoming(
+                handle,
+                &from,
+                Kind::Relayed,
+                vec![short(&from)],
+                "sealed end to end through relays: this node sees only the last one, not the \
+                 client",
+                started,
+            ));
+            carry(
+                handle,
+                tcp,
+                Tunnel::Sealed(s, Box::new(session)),
+                0,
+                &tracked.conn,
+            )
+            .await;
         }
         Ok(())
     }
@@ -885,6 +952,35 @@ async fn serve_sealed(handle: &Handle, mut s: Compat<libp2p::Stream>, local: &Lo
     if let Err(e) = result {
         handle.stats.dropped_in.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(error = %e, "circuit handshake failed");
+    }
+}
+
+fn short(p: &libp2p::PeerId) -> String {
+    super::addr::from_libp2p(p).map_or_else(|| p.to_string(), |b| b.short())
+}
+
+/// The inspector's record of a tunnel a client opened to this node's service.
+fn incoming(
+    handle: &Handle,
+    from: &libp2p::PeerId,
+    kind: Kind,
+    via: Vec<String>,
+    why: &str,
+    started: std::time::Instant,
+) -> Info {
+    Info {
+        direction: Direction::In,
+        kind,
+        peer: short(from),
+        via,
+        why: why.into(),
+        setup_ms: super::inspect::ms(started.elapsed()),
+        first_hop_rtt_ms: handle
+            .rtts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(from)
+            .map(|d| super::inspect::ms(*d)),
     }
 }
 
