@@ -50,6 +50,25 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
         "peers:         {} connected, {} in the routing table; network {estimate}",
         p["peers_connected"], p["routing_table"]
     );
+    let health = p["dht_health"]
+        .as_f64()
+        .map_or("no DHT operation yet".to_string(), |h| {
+            format!(
+                "{:.0} % of the last {} operations reached their goal",
+                h * 1e2,
+                p["dht_operations"]
+            )
+        });
+    println!("DHT health:    {health}");
+    let rtt = p["peer_rtt_p50_ms"]
+        .as_f64()
+        .map_or("not measured yet".to_string(), |r| format!("{r:.1} ms"));
+    println!("peer RTT p50:  {rtt} (libp2p ping of the connected peers)");
+    println!(
+        "bandwidth:     in {}/s, out {}/s (tunnels, last 10 s)",
+        bytes(p["rate_in_bps"].as_f64().unwrap_or(0.0) as u64),
+        bytes(p["rate_out_bps"].as_f64().unwrap_or(0.0) as u64),
+    );
     println!(
         "tunnels:       {} open, {} in total; in {}, out {}; relayed for others {}",
         s["tunnels_open"],

@@ -227,8 +227,43 @@ fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
         "two relays each carried the whole body: {carried:?}"
     );
 
-    // The connection inspector, on both ends: how each tunnel got there and what it carried.
+    // `beam status --json` against what this test set up.
     let len = body.len() as u64;
+    let st: serde_json::Value = serde_json::from_str(&status_json(&sdir)).expect("status JSON");
+    let p = &st["p2p"];
+    assert_eq!(st["name"], "demo", "{st}");
+    assert_eq!(
+        st["forwarding_to"].as_u64(),
+        Some(u64::from(http.port)),
+        "{st}"
+    );
+    assert_eq!(p["peer_id"].as_str(), Some(addr.as_str()), "{st}");
+    assert_eq!(p["participation"], "light", "`beam <PORT>`'s default: {st}");
+    // The bootstrap node, two relays, and the clients still running (two).
+    let peers = p["peers_connected"].as_u64().unwrap_or(0);
+    assert!((3..=5).contains(&peers), "peers connected: {st}");
+    assert!(
+        p["dht_health"].as_f64() > Some(0.0),
+        "DHT health measured: {st}"
+    );
+    assert!(
+        p["peer_rtt_p50_ms"].as_f64() > Some(0.0),
+        "peer RTT measured: {st}"
+    );
+    assert!(
+        st["bytes_out"].as_u64() >= Some(3 * len),
+        "three bodies out: {st}"
+    );
+    assert!(
+        p["rate_out_bps"].as_f64() > Some(0.0),
+        "bandwidth over the last 10 s: {st}"
+    );
+    let relay: serde_json::Value =
+        serde_json::from_str(&status_json(&net.dirs[1])).expect("status JSON");
+    assert_eq!(relay["p2p"]["participation"], "routing", "{relay}");
+    assert!(relay["name"].is_null(), "{relay}");
+
+    // The connection inspector, on both ends: how each tunnel got there and what it carried.
     let direct = inspected(&cdir2, "out", "direct", len);
     assert_eq!(direct["via"].as_array().map(Vec::len), Some(0), "{direct}");
     let multi = inspected(&cdir3, "out", "multi-hop", len);

@@ -299,7 +299,23 @@ pub struct Status {
     pub records_held: usize,
     /// Circuits this node refused to relay (not a relay, or at the core's bound).
     pub circuits_refused: u64,
+    /// DHT health: the share of the last [`DHT_WINDOW`] DHT operations that reached their goal
+    /// (a resolve that returned a verified record, a publish stored by a holder, a lookup that
+    /// found a live peer, a record fetch that found it); `None` before the first.
+    pub dht_health: Option<f64>,
+    /// How many operations that share is of.
+    pub dht_operations: usize,
+    /// The median libp2p ping RTT to the connected peers, ms (`None`: none measured yet).
+    pub peer_rtt_p50_ms: Option<f64>,
+    /// Tunnel bandwidth over the last [`RATE_WINDOW`], bytes per second, in and out.
+    pub rate_in_bps: f64,
+    pub rate_out_bps: f64,
 }
+
+/// DHT operations [`Status::dht_health`] is measured over.
+pub const DHT_WINDOW: usize = 100;
+/// The window of [`Status::rate_in_bps`].
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// A route the core chose for a stream.
 #[derive(Clone, Debug)]
@@ -638,6 +654,8 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         notices: notice_tx,
         stats,
         rtts: handle.rtts.clone(),
+        dht_recent: std::collections::VecDeque::new(),
+        rate_samples: std::collections::VecDeque::new(),
         last_wall_clock: now,
     };
     tokio::spawn(driver.run(cmd_rx, inbound_rx));
@@ -701,6 +719,10 @@ struct Driver {
     stats: Arc<Stats>,
     /// Shared with [`Handle::rtts`].
     rtts: Arc<std::sync::Mutex<HashMap<libp2p::PeerId, Duration>>>,
+    /// The outcomes of the last [`DHT_WINDOW`] DHT operations.
+    dht_recent: std::collections::VecDeque<bool>,
+    /// Tunnel byte counters (in, out) sampled at each housekeeping tick, over [`RATE_WINDOW`].
+    rate_samples: std::collections::VecDeque<(Instant, u64, u64)>,
     last_wall_clock: Instant,
 }
 
@@ -1192,8 +1214,36 @@ impl Driver {
         }
     }
 
+    /// Tunnel bytes per second (in, out) over the samples kept.
+    fn rate(&self) -> (f64, f64) {
+        let (Some(first), Some(last)) = (self.rate_samples.front(), self.rate_samples.back())
+        else {
+            return (0.0, 0.0);
+        };
+        let secs = last.0.saturating_duration_since(first.0).as_secs_f64();
+        if secs <= 0.0 {
+            return (0.0, 0.0);
+        }
+        (
+            last.1.saturating_sub(first.1) as f64 / secs,
+            last.2.saturating_sub(first.2) as f64 / secs,
+        )
+    }
+
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        self.rate_samples.push_back((
+            now,
+            self.stats.bytes_in.load(Ordering::Relaxed),
+            self.stats.bytes_out.load(Ordering::Relaxed),
+        ));
+        while self
+            .rate_samples
+            .front()
+            .is_some_and(|s| now.saturating_duration_since(s.0) > RATE_WINDOW)
+        {
+            self.rate_samples.pop_front();
+        }
         if self.listening && (!self.joined || self.bootstrap.iter().all(|b| !b.connected)) {
             self.dial_bootstrap(now);
         }
@@ -1304,7 +1354,22 @@ impl Driver {
         }
     }
 
+    /// Remembers how a DHT operation went, for [`Status::dht_health`].
+    fn dht_outcome(&mut self, ok: bool) {
+        if self.dht_recent.len() == DHT_WINDOW {
+            self.dht_recent.pop_front();
+        }
+        self.dht_recent.push_back(ok);
+    }
+
     fn on_event(&mut self, e: Event) {
+        match &e {
+            Event::Resolved { result, .. } => self.dht_outcome(result.is_ok()),
+            Event::Dht(dht::Event::PutRecord { stored, .. }) => self.dht_outcome(*stored > 0),
+            Event::Dht(dht::Event::Lookup { closest, .. }) => self.dht_outcome(!closest.is_empty()),
+            Event::Dht(dht::Event::GetRecord { record, .. }) => self.dht_outcome(record.is_some()),
+            _ => {}
+        }
         match e {
             Event::Resolved { id, result, .. } => {
                 if let Some(tx) = self.resolves.remove(&id) {
@@ -1410,6 +1475,24 @@ impl Driver {
                     malformed_in: self.node.stats().malformed_in,
                     records_held: self.node.dht().store().len(),
                     circuits_refused: self.node.router().stats().circuits_refused,
+                    dht_health: (!self.dht_recent.is_empty()).then(|| {
+                        self.dht_recent.iter().filter(|&&ok| ok).count() as f64
+                            / self.dht_recent.len() as f64
+                    }),
+                    dht_operations: self.dht_recent.len(),
+                    peer_rtt_p50_ms: {
+                        let mut v: Vec<Duration> = self
+                            .rtts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .values()
+                            .copied()
+                            .collect();
+                        v.sort_unstable();
+                        v.get(v.len() / 2).map(|d| d.as_secs_f64() * 1e3)
+                    },
+                    rate_in_bps: self.rate().0,
+                    rate_out_bps: self.rate().1,
                 });
             }
         }
