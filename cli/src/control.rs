@@ -82,6 +82,9 @@ pub struct NodeStatus {
     /// The bounds on what peers can make this node hold, and how often each was hit.
     #[serde(default)]
     pub limits: serde_json::Value,
+    /// With `--tor`: the Tor side's state and circuits in use (`beam tor status` has the rest).
+    #[serde(default)]
+    pub tor: Option<serde_json::Value>,
     /// Seconds since the node started.
     pub uptime_s: u64,
 }
@@ -173,6 +176,19 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
             let onion_address = ctx.tor.as_ref().and_then(|t| t.onion_address());
             #[cfg(not(feature = "tor"))]
             let onion_address = None;
+            #[cfg(feature = "tor")]
+            let tor = ctx.tor.as_ref().map(|t| {
+                let t = t.status();
+                serde_json::json!({
+                    "state": t.state,
+                    "bootstrap_percent": t.bootstrap_percent,
+                    "circuits_in_use": t.circuits_in_use,
+                    "reachable": t.reachable,
+                    "streams_open": t.streams_open,
+                })
+            });
+            #[cfg(not(feature = "tor"))]
+            let tor = None;
             let status = NodeStatus {
                 p2p: serde_json::to_value(&s)?,
                 forwarding_to: ctx.port,
@@ -204,6 +220,7 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
                         "open_retries": st.open_retries.load(Ordering::Relaxed),
                     })
                 },
+                tor,
                 uptime_s: ctx.started.elapsed().as_secs(),
             };
             Ok(serde_json::json!({"ok": true, "status": status}))

@@ -26,6 +26,22 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
     if let Some(onion) = s["onion_address"].as_str() {
         println!("Tor URL:       http://{onion}");
     }
+    let t = &s["tor"];
+    if t.is_object() {
+        let reachable = match t["reachable"].as_bool() {
+            Some(true) => "reachable",
+            Some(false) => "not reachable",
+            None => "reachability not measured yet",
+        };
+        println!(
+            "Tor:           {} ({} % bootstrapped), {reachable}; {} circuits in use, {} visitor \
+             streams open (beam tor status for more)",
+            t["state"].as_str().unwrap_or("?"),
+            t["bootstrap_percent"],
+            t["circuits_in_use"],
+            t["streams_open"],
+        );
+    }
     match s["forwarding_to"].as_u64() {
         Some(port) => println!("forwarding to: 127.0.0.1:{port}"),
         None => println!("forwarding to: nothing (a node that exposes nothing)"),

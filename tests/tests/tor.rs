@@ -279,6 +279,13 @@ fn onion_service_on_a_private_tor_network() {
     let (ok, human) = beam_output(&["--state-dir", svc_dir.path(), "tor", "status"]);
     assert!(ok && human.contains("reachable:      yes"), "{human}");
     eprintln!("beam tor status:\n{human}");
+    // `beam status` carries the Tor side's state too.
+    let (ok, node) = beam_output(&["--state-dir", svc_dir.path(), "status", "--json"]);
+    assert!(ok, "beam status failed: {node}");
+    assert!(
+        node.contains("\"tor\":{") && node.contains("\"state\":\"running\""),
+        "beam status has no Tor state: {node}"
+    );
 
     // 2. Any onion service, on a local port, through Arti's client.
     let cdir = TempDir::new("tor-onion-client");
