@@ -50,6 +50,8 @@ pub enum Request {
     Tor,
     /// The tunnel connections open now and recently (the connection inspector).
     Connections,
+    /// The connected peers.
+    Peers,
 }
 
 /// What the running node knows about itself, for `beam status`.
@@ -225,6 +227,10 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
             };
             Ok(serde_json::json!({"ok": true, "status": status}))
         }
+        Request::Peers => Ok(serde_json::json!({
+            "ok": true,
+            "peers": ctx.p2p.peers().await?,
+        })),
         Request::Connections => Ok(serde_json::json!({
             "ok": true,
             "connections": ctx.p2p.connections.views(),

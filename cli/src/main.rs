@@ -191,6 +191,11 @@ enum Command {
         #[arg(long)]
         connections: bool,
     },
+    /// The network as the running beam sees it.
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
     /// The Tor side of the running beam.
     Tor {
         #[command(subcommand)]
@@ -256,6 +261,18 @@ enum ConfigCommand {
     Path,
     /// Print the commented example file: every key at its default.
     Example,
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// The peers the running beam is connected to, nearest first: beam address, the
+    /// connection's remote address and direction, whether it is relayed, the libp2p ping RTT,
+    /// and whether the peer is in this node's DHT routing table.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -570,6 +587,12 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             } else {
                 runtime()?.block_on(status::node(&dir, json))
             }
+        }
+        Some(Command::Network {
+            command: NetworkCommand::Peers { json },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(status::peers(&dir, json))
         }
         Some(Command::Tor {
             command: TorCommand::Status { json },

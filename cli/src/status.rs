@@ -132,6 +132,50 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `beam network peers [--json]`.
+pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
+    let v = control::ask(state_dir, &Request::Peers, Duration::from_secs(10)).await?;
+    let list = v["peers"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", Value::Array(list));
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no peers connected");
+        return Ok(());
+    }
+    println!(
+        "{:<60} {:>9}  {:<3} {:<5} {}",
+        "PEER", "RTT", "DIR", "DHT", "ADDRESS"
+    );
+    for p in &list {
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.1} ms"));
+        let id = p["peer"]
+            .as_str()
+            .or(p["libp2p_id"].as_str())
+            .unwrap_or("?");
+        let relayed = if p["relayed"].as_bool() == Some(true) {
+            " (relayed)"
+        } else {
+            ""
+        };
+        println!(
+            "{id:<60} {rtt:>9}  {:<3} {:<5} {}{relayed}",
+            p["direction"].as_str().unwrap_or("?"),
+            if p["in_routing_table"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            p["address"].as_str().unwrap_or("?"),
+        );
+    }
+    println!("{} peers", list.len());
+    Ok(())
+}
+
 /// `beam status --connections [--json]`: the connection inspector.
 pub async fn connections(state_dir: &Path, json: bool) -> Result<()> {
     let v = control::ask(state_dir, &Request::Connections, Duration::from_secs(10)).await?;

@@ -156,7 +156,7 @@ fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
     let body = Arc::new(body);
     let want = sha256(&body);
     let http = HttpServer::start(body.clone());
-    let net = network(2);
+    let mut net = network(2);
     let sdir = TempDir::new("service");
     let (_svc, addr) = service(&net, http.port, "demo", &sdir);
 
@@ -258,6 +258,33 @@ fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
         p["rate_out_bps"].as_f64() > Some(0.0),
         "bandwidth over the last 10 s: {st}"
     );
+    // `beam network peers`: the bootstrap node and both relays, each a DHT server in the
+    // service's routing table, with a measured RTT.
+    let out = std::process::Command::new(beam_e2e::beam_bin())
+        .args(["--state-dir", sdir.path(), "network", "peers", "--json"])
+        .output()
+        .expect("beam network peers");
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
+    let mut servers = vec![net.boot.wait_for("beam://", T)];
+    for r in &mut net.relays {
+        servers.push(r.wait_for("beam://", T));
+    }
+    for id in &servers {
+        let p = peers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["peer"].as_str() == Some(id.trim()))
+            .unwrap_or_else(|| panic!("{id} is not among the service's peers: {peers}"));
+        assert_eq!(p["in_routing_table"], true, "{p}");
+        assert!(
+            p["address"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("/ip4/127.0.0.1/"),
+            "{p}"
+        );
+    }
     let relay: serde_json::Value =
         serde_json::from_str(&status_json(&net.dirs[1])).expect("status JSON");
     assert_eq!(relay["p2p"]["participation"], "routing", "{relay}");

@@ -312,6 +312,24 @@ pub struct Status {
     pub rate_out_bps: f64,
 }
 
+/// A connected peer, for `beam network peers`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PeerInfo {
+    /// `beam://…` (`None`: a libp2p peer whose key is not a beam identity).
+    pub peer: Option<String>,
+    pub libp2p_id: String,
+    /// The remote address of the latest connection.
+    pub address: String,
+    /// `out` when this node dialled it, `in` when it dialled this node.
+    pub direction: &'static str,
+    /// Through a libp2p relay circuit (`/p2p-circuit`).
+    pub relayed: bool,
+    /// The last libp2p ping RTT, ms.
+    pub rtt_ms: Option<f64>,
+    /// Whether it is in this node's DHT routing table (a DHT server this node uses).
+    pub in_routing_table: bool,
+}
+
 /// DHT operations [`Status::dht_health`] is measured over.
 pub const DHT_WINDOW: usize = 100;
 /// The window of [`Status::rate_in_bps`].
@@ -352,6 +370,7 @@ enum Cmd {
     ),
     Responder(oneshot::Sender<beam_node::e2e::Responder>),
     Status(oneshot::Sender<Status>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
     #[cfg_attr(not(feature = "tor"), allow(dead_code))]
     SetTorAddress(Option<String>),
 }
@@ -397,6 +416,11 @@ impl Handle {
             .map_err(|_| anyhow::anyhow!("the node has stopped"))?;
         rx.await
             .map_err(|_| anyhow::anyhow!("the node has stopped"))
+    }
+
+    /// The connected peers, nearest (by ping RTT) first.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
+        self.ask(Cmd::Peers).await
     }
 
     /// Finds the verified service record of a name or address.
@@ -639,6 +663,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         awaiting_dial: HashMap::new(),
         known_addr: HashMap::new(),
         remote_ip: HashMap::new(),
+        remote_addr: HashMap::new(),
         pending_in: HashMap::new(),
         listen: BTreeSet::new(),
         bootstrap,
@@ -695,6 +720,9 @@ struct Driver {
     known_addr: HashMap<libp2p::PeerId, Multiaddr>,
     /// The IP each connected peer was last seen at.
     remote_ip: HashMap<libp2p::PeerId, std::net::IpAddr>,
+    /// The remote address of each connected peer's latest connection, and whether this node
+    /// dialled it.
+    remote_addr: HashMap<libp2p::PeerId, (Multiaddr, bool)>,
     /// Frames from peers whose identify has not arrived: since when, and the frames.
     pending_in: HashMap<libp2p::PeerId, (Instant, Vec<Vec<u8>>)>,
     /// This node's own usable listen addresses.
@@ -946,6 +974,10 @@ impl Driver {
                 if let Some(ip) = addr::ip_of(endpoint.get_remote_address()) {
                     self.remote_ip.insert(peer_id, ip);
                 }
+                self.remote_addr.insert(
+                    peer_id,
+                    (endpoint.get_remote_address().clone(), endpoint.is_dialer()),
+                );
                 if endpoint.is_dialer() {
                     let remote = split_peer(endpoint.get_remote_address()).0;
                     self.on_bootstrap_connected(now, peer_id, &remote);
@@ -967,6 +999,7 @@ impl Driver {
                 }
                 self.flush_pending(peer_id);
                 self.remote_ip.remove(&peer_id);
+                self.remote_addr.remove(&peer_id);
                 self.rtts
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -1462,6 +1495,37 @@ impl Driver {
             }
             Cmd::Responder(tx) => {
                 let _ = tx.send(self.node.e2e_responder());
+            }
+            Cmd::Peers(tx) => {
+                let rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut peers: Vec<PeerInfo> = self
+                    .swarm
+                    .connected_peers()
+                    .map(|p| {
+                        let beam = addr::from_libp2p(p);
+                        let (address, dialled) = self
+                            .remote_addr
+                            .get(p)
+                            .map_or((String::new(), false), |(a, d)| (a.to_string(), *d));
+                        PeerInfo {
+                            peer: beam.map(|b| b.to_string()),
+                            libp2p_id: p.to_string(),
+                            relayed: address.contains("/p2p-circuit"),
+                            address,
+                            direction: if dialled { "out" } else { "in" },
+                            rtt_ms: rtts.get(p).map(|d| d.as_secs_f64() * 1e3),
+                            in_routing_table: beam
+                                .is_some_and(|b| self.node.dht().table().contains(&b)),
+                        }
+                    })
+                    .collect();
+                peers.sort_by(|a, b| {
+                    a.rtt_ms
+                        .unwrap_or(f64::INFINITY)
+                        .total_cmp(&b.rtt_ms.unwrap_or(f64::INFINITY))
+                        .then_with(|| a.libp2p_id.cmp(&b.libp2p_id))
+                });
+                let _ = tx.send(peers);
             }
             Cmd::Status(tx) => {
                 let _ = tx.send(Status {
