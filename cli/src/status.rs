@@ -145,8 +145,8 @@ pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<60} {:>9}  {:<3} {:<5} {}",
-        "PEER", "RTT", "DIR", "DHT", "ADDRESS"
+        "{:<60} {:>9}  {:<3} {:<5} ADDRESS",
+        "PEER", "RTT", "DIR", "DHT"
     );
     for p in &list {
         let rtt = p["rtt_ms"]
