@@ -132,18 +132,41 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `beam network peers [--json]`.
-pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
-    let v = control::ask(state_dir, &Request::Peers, Duration::from_secs(10)).await?;
-    let list = v["peers"].as_array().cloned().unwrap_or_default();
+/// Asks for the list under `key`; prints it as JSON (with `json`) or `empty` when there is
+/// nothing, and returns it only when the caller should print it as text.
+async fn list(
+    state_dir: &Path,
+    req: Request,
+    key: &str,
+    json: bool,
+    empty: &str,
+) -> Result<Option<Vec<Value>>> {
+    let v = control::ask(state_dir, &req, Duration::from_secs(10)).await?;
+    let list = v[key].as_array().cloned().unwrap_or_default();
     if json {
         println!("{}", Value::Array(list));
-        return Ok(());
+        return Ok(None);
     }
     if list.is_empty() {
-        println!("no peers connected");
-        return Ok(());
+        println!("{empty}");
+        return Ok(None);
     }
+    Ok(Some(list))
+}
+
+/// `beam network peers [--json]`.
+pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
+    let Some(list) = list(
+        state_dir,
+        Request::Peers,
+        "peers",
+        json,
+        "no peers connected",
+    )
+    .await?
+    else {
+        return Ok(());
+    };
     println!(
         "{:<60} {:>9}  {:<3} {:<5} ADDRESS",
         "PEER", "RTT", "DIR", "DHT"
@@ -178,16 +201,17 @@ pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
 
 /// `beam status --connections [--json]`: the connection inspector.
 pub async fn connections(state_dir: &Path, json: bool) -> Result<()> {
-    let v = control::ask(state_dir, &Request::Connections, Duration::from_secs(10)).await?;
-    let list = v["connections"].as_array().cloned().unwrap_or_default();
-    if json {
-        println!("{}", Value::Array(list));
+    let Some(list) = list(
+        state_dir,
+        Request::Connections,
+        "connections",
+        json,
+        "no tunnel connections yet",
+    )
+    .await?
+    else {
         return Ok(());
-    }
-    if list.is_empty() {
-        println!("no tunnel connections yet");
-        return Ok(());
-    }
+    };
     for c in &list {
         let via: Vec<&str> = c["via"]
             .as_array()
