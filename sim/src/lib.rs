@@ -33,3 +33,4 @@ pub mod peer;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod seeds;

@@ -43,6 +43,14 @@ struct Cli {
     /// (direct, multi-hop, geographic; repeat the flag for several).
     #[arg(long, value_name = "STRATEGY")]
     strategy: Vec<Strategy>,
+    /// Run every scenario with N seeds (its own, then the next N - 1), one row each, and
+    /// summarize the headline columns (routing and lookup success, latency p50 and p99,
+    /// stretch) as a mean with a 95 % interval on stderr.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    seeds: u64,
+    /// With --seeds: also write the summary as CSV here.
+    #[arg(long, value_name = "FILE", requires = "seeds")]
+    summary: Option<PathBuf>,
     /// Run this many scenarios at once, one per thread (rows keep their order; each run is
     /// as deterministic as alone, but the wall times printed then share the cores).
     #[arg(
@@ -275,12 +283,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             let mut runs = vec![];
             for sc in &scenarios {
                 if cli.strategy.is_empty() {
-                    runs.push(sc.clone());
+                    runs.extend(sim::seeds::expand(sc, cli.seeds));
                 }
                 for s in &cli.strategy {
                     let mut sc = sc.clone();
                     sc.workload.strategy = *s;
-                    runs.push(sc);
+                    runs.extend(sim::seeds::expand(&sc, cli.seeds));
                 }
             }
             let rows = run_many(&runs, cli.jobs)
@@ -296,6 +304,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if let Some(plot) = &cli.plot {
                 report::plot_svg(&rows, plot)?;
                 eprintln!("wrote {}", plot.display());
+            }
+            if cli.seeds > 1 || cli.summary.is_some() {
+                let summaries = sim::seeds::summarize(&rows);
+                eprint!("{}", sim::seeds::describe(&summaries));
+                if let Some(path) = &cli.summary {
+                    sim::seeds::write_summary_file(path, &summaries)?;
+                    eprintln!("wrote {}", path.display());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
