@@ -71,6 +71,11 @@ pub struct NodeStatus {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub bytes_relayed: u64,
+    /// Circuits relayed for others in total, and the distinct peers they came from.
+    #[serde(default)]
+    pub circuits_relayed: u64,
+    #[serde(default)]
+    pub peers_helped: usize,
     /// The per-peer cap on relayed circuits (bytes/s; `None`: no cap), and how often a peer
     /// had to wait for it.
     pub relay_rate: Option<u64>,
@@ -201,6 +206,8 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
                 bytes_in: st.bytes_in.load(Ordering::Relaxed),
                 bytes_out: st.bytes_out.load(Ordering::Relaxed),
                 bytes_relayed: st.bytes_relayed.load(Ordering::Relaxed),
+                circuits_relayed: st.circuits_relayed.load(Ordering::Relaxed),
+                peers_helped: st.helped.lock().unwrap_or_else(|p| p.into_inner()).len(),
                 relay_rate: ctx.p2p.limiter.rate(),
                 relay_throttled: ctx.p2p.limiter.throttled.load(Ordering::Relaxed),
                 auth_required: ctx.auth_required,

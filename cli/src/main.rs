@@ -273,6 +273,20 @@ enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Is this node well connected? Peers, bootstrap peers, the DHT's recent success, the
+    /// routing table, reachability. Exits 1 when a check fails (for scripts and monitors).
+    Health {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What this node gives the network: circuits relayed for others, the distinct peers they
+    /// came from, bytes relayed, tunnels served, uptime.
+    MyStats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -593,6 +607,21 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
         }) => {
             let dir = state::dir(cli.state_dir)?;
             runtime()?.block_on(status::peers(&dir, json))
+        }
+        Some(Command::Network {
+            command: NetworkCommand::Health { json },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            if !runtime()?.block_on(status::health(&dir, json))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Network {
+            command: NetworkCommand::MyStats { json },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(status::my_stats(&dir, json))
         }
         Some(Command::Tor {
             command: TorCommand::Status { json },

@@ -154,6 +154,119 @@ async fn list(
     Ok(Some(list))
 }
 
+/// One check of `beam network health`.
+#[derive(serde::Serialize)]
+struct Check {
+    check: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// `beam network health [--json]`; `Ok(false)` when a check failed.
+pub async fn health(state_dir: &Path, json: bool) -> Result<bool> {
+    let v = control::ask(state_dir, &Request::Status, Duration::from_secs(10)).await?;
+    let p = &v["status"]["p2p"];
+    let n = |k: &str| p[k].as_u64().unwrap_or(0);
+    let (connected, table) = (n("peers_connected"), n("routing_table"));
+    let (boot, known) = (n("bootstrap_connected"), n("bootstrap_known"));
+    let dht = p["dht_health"].as_f64();
+    let reach = p["reachability"].as_str().unwrap_or("unknown").to_string();
+    let checks = [
+        Check {
+            check: "peers",
+            ok: connected > 0,
+            detail: format!("{connected} connected"),
+        },
+        Check {
+            check: "bootstrap",
+            ok: known == 0 || boot > 0,
+            detail: if known == 0 {
+                "none given (started a network, or found peers on the LAN)".into()
+            } else {
+                format!("{boot} of {known} connected")
+            },
+        },
+        Check {
+            check: "routing table",
+            ok: table > 0,
+            detail: format!("{table} DHT servers"),
+        },
+        Check {
+            check: "DHT",
+            ok: dht.is_none_or(|h| h >= 0.5),
+            detail: dht.map_or("no operation yet".into(), |h| {
+                format!(
+                    "{:.0} % of the last {} operations reached their goal",
+                    h * 1e2,
+                    n("dht_operations")
+                )
+            }),
+        },
+        Check {
+            check: "reachability",
+            ok: true,
+            detail: match reach.as_str() {
+                "public" => "public: peers can dial this node".into(),
+                "private" => {
+                    "private (behind a NAT): reached through relays and hole punching".into()
+                }
+                _ => "not decided yet (AutoNAT)".into(),
+            },
+        },
+    ];
+    let healthy = checks.iter().all(|c| c.ok);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"healthy": healthy, "checks": checks})
+        );
+    } else {
+        for c in &checks {
+            println!(
+                "{} {:<14} {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.check,
+                c.detail
+            );
+        }
+        println!("{}", if healthy { "healthy" } else { "not healthy" });
+    }
+    Ok(healthy)
+}
+
+/// `beam network my-stats [--json]`.
+pub async fn my_stats(state_dir: &Path, json: bool) -> Result<()> {
+    let v = control::ask(state_dir, &Request::Status, Duration::from_secs(10)).await?;
+    let s = &v["status"];
+    let mine = serde_json::json!({
+        "participation": s["p2p"]["participation"],
+        "circuits_relayed": s["circuits_relayed"],
+        "peers_helped": s["peers_helped"],
+        "bytes_relayed": s["bytes_relayed"],
+        "tunnels_total": s["tunnels_total"],
+        "uptime_s": s["uptime_s"],
+        "records_held": s["p2p"]["records_held"],
+    });
+    if json {
+        println!("{mine}");
+        return Ok(());
+    }
+    println!(
+        "participation:    {}",
+        mine["participation"].as_str().unwrap_or("?")
+    );
+    println!(
+        "routes provided:  {} circuits relayed for {} distinct peers, {} relayed",
+        mine["circuits_relayed"],
+        mine["peers_helped"],
+        bytes(mine["bytes_relayed"].as_u64().unwrap_or(0))
+    );
+    println!("tunnels:          {} served or made", mine["tunnels_total"]);
+    println!("records held:     {} for others", mine["records_held"]);
+    println!("uptime:           {} s", mine["uptime_s"]);
+    Ok(())
+}
+
 /// `beam network peers [--json]`.
 pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
     let Some(list) = list(

@@ -289,6 +289,36 @@ fn fifty_mib_by_name_and_by_address_direct_and_multi_hop() {
         serde_json::from_str(&status_json(&net.dirs[1])).expect("status JSON");
     assert_eq!(relay["p2p"]["participation"], "routing", "{relay}");
     assert!(relay["name"].is_null(), "{relay}");
+    // `beam network my-stats`: the nodes that carried the multi-hop body relayed a circuit for
+    // one peer at least; `beam network health`: the service is healthy (exit 0).
+    let beam_json = |dir: &TempDir, args: &[&str]| -> (bool, serde_json::Value) {
+        let out = std::process::Command::new(beam_e2e::beam_bin())
+            .args(["--state-dir", dir.path()])
+            .args(args)
+            .output()
+            .expect("run beam");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), v)
+    };
+    let mut helpers = 0;
+    for (d, carried) in net.dirs.iter().zip(&carried) {
+        let (ok, mine) = beam_json(d, &["network", "my-stats", "--json"]);
+        assert!(ok, "{mine}");
+        if *carried >= len {
+            assert!(mine["circuits_relayed"].as_u64() >= Some(1), "{mine}");
+            assert!(mine["peers_helped"].as_u64() >= Some(1), "{mine}");
+            assert_eq!(mine["bytes_relayed"].as_u64(), Some(*carried), "{mine}");
+            helpers += 1;
+        }
+    }
+    assert_eq!(helpers, 2, "two relays say they helped");
+    let (ok, health) = beam_json(&sdir, &["network", "health", "--json"]);
+    assert!(ok && health["healthy"] == true, "{health}");
 
     // The connection inspector, on both ends: how each tunnel got there and what it carried.
     let direct = inspected(&cdir2, "out", "direct", len);

@@ -259,6 +259,10 @@ pub struct Stats {
     pub circuits_open: AtomicUsize,
     /// Bytes relayed for others (both directions).
     pub bytes_relayed: AtomicU64,
+    /// Circuits relayed for others in total (set up to their next hop).
+    pub circuits_relayed: AtomicU64,
+    /// The previous hops whose circuits this node relayed (at most [`MAX_HELPED`] kept).
+    pub helped: std::sync::Mutex<std::collections::HashSet<libp2p::PeerId>>,
     /// Core deadlines that did not move past the timeout just handled (deferred; see
     /// `beam_node::wakeup`).
     pub stale_timeouts: AtomicU64,
@@ -310,6 +314,12 @@ pub struct Status {
     /// Tunnel bandwidth over the last [`RATE_WINDOW`], bytes per second, in and out.
     pub rate_in_bps: f64,
     pub rate_out_bps: f64,
+    /// What AutoNAT found: `public` (peers can dial this node), `private`, or `unknown` (not
+    /// decided yet).
+    pub reachability: &'static str,
+    /// `--bootstrap` (and LAN) peers connected, of those known.
+    pub bootstrap_connected: usize,
+    pub bootstrap_known: usize,
 }
 
 /// A connected peer, for `beam network peers`.
@@ -329,6 +339,9 @@ pub struct PeerInfo {
     /// Whether it is in this node's DHT routing table (a DHT server this node uses).
     pub in_routing_table: bool,
 }
+
+/// Distinct peers [`Stats::helped`] counts at most.
+pub const MAX_HELPED: usize = 100_000;
 
 /// DHT operations [`Status::dht_health`] is measured over.
 pub const DHT_WINDOW: usize = 100;
@@ -680,6 +693,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         stats,
         rtts: handle.rtts.clone(),
         dht_recent: std::collections::VecDeque::new(),
+        public: None,
         rate_samples: std::collections::VecDeque::new(),
         last_wall_clock: now,
     };
@@ -749,6 +763,8 @@ struct Driver {
     rtts: Arc<std::sync::Mutex<HashMap<libp2p::PeerId, Duration>>>,
     /// The outcomes of the last [`DHT_WINDOW`] DHT operations.
     dht_recent: std::collections::VecDeque<bool>,
+    /// AutoNAT's verdict (`None`: not decided).
+    public: Option<bool>,
     /// Tunnel byte counters (in, out) sampled at each housekeeping tick, over [`RATE_WINDOW`].
     rate_samples: std::collections::VecDeque<(Instant, u64, u64)>,
     last_wall_clock: Instant,
@@ -1056,6 +1072,7 @@ impl Driver {
                     autonat::NatStatus::Private => false,
                     autonat::NatStatus::Unknown => return,
                 };
+                self.public = Some(public);
                 if public != self.node.is_reachable() {
                     self.node.set_reachable(now, public);
                     self.republish = true;
@@ -1557,6 +1574,13 @@ impl Driver {
                     },
                     rate_in_bps: self.rate().0,
                     rate_out_bps: self.rate().1,
+                    reachability: match self.public {
+                        Some(true) => "public",
+                        Some(false) => "private",
+                        None => "unknown",
+                    },
+                    bootstrap_connected: self.bootstrap.iter().filter(|b| b.connected).count(),
+                    bootstrap_known: self.bootstrap.len(),
                 });
             }
         }

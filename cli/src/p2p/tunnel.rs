@@ -869,6 +869,20 @@ async fn relay(
         refuse(&mut inbound, Status::NextHopFailed).await;
         return;
     }
+    handle
+        .stats
+        .circuits_relayed
+        .fetch_add(1, Ordering::Relaxed);
+    {
+        let mut helped = handle
+            .stats
+            .helped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if helped.len() < super::MAX_HELPED {
+            helped.insert(from);
+        }
+    }
     let (ir, iw) = tokio::io::split(inbound);
     let (or, ow) = tokio::io::split(out);
     let tap = tap();
