@@ -17,13 +17,15 @@ pub const HEADLINE: [&str; 5] = [
     "stretch_p50",
 ];
 
+/// A run that answered nothing has no latency or stretch (its row says 0): left out.
 fn headline(r: &Row) -> [f64; 5] {
+    let answered = |x: f64| if r.routing_success > 0.0 { x } else { f64::NAN };
     [
         r.routing_success,
         r.lookup_success,
-        r.latency_p50_ms,
-        r.latency_p99_ms,
-        r.stretch_p50,
+        answered(r.latency_p50_ms),
+        answered(r.latency_p99_ms),
+        answered(r.stretch_p50),
     ]
 }
 
@@ -38,8 +40,16 @@ pub fn expand(scenario: &Scenario, n: u64) -> Vec<Scenario> {
         .collect()
 }
 
-/// Student's t quantile 0.975 for `df` degrees of freedom (df ≥ 1; 1.960 beyond the table).
+/// Student's t quantile 0.975 for `df` degrees of freedom (df ≥ 1): exact to 30, then the value
+/// at the bracket's lower end (40, 60, 120: never too narrow), 1.960 past 120.
 pub fn t975(df: usize) -> f64 {
+    match df {
+        0..=30 => {}
+        31..=40 => return 2.042,
+        41..=60 => return 2.021,
+        61..=120 => return 2.000,
+        _ => return 1.960,
+    }
     const T: [f64; 30] = [
         12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
@@ -207,6 +217,7 @@ mod tests {
         assert_eq!(m, 7.0);
         assert!(h.is_nan(), "one value has no interval");
         assert_eq!(t975(1), 12.706);
-        assert_eq!(t975(100), 1.960);
+        assert_eq!(t975(100), 2.000);
+        assert_eq!(t975(1000), 1.960);
     }
 }

@@ -136,14 +136,21 @@ impl Counts {
     }
 }
 
-/// The IP address a remote address comes from, unless it is relayed (or has none).
+/// The address a remote address is counted under, unless it is relayed (or has none): an IPv4
+/// address (IPv4-mapped IPv6 included), or an IPv6 address's /64 (one host usually has a whole
+/// /64 to pick addresses from).
 fn direct_ip(addr: &Multiaddr) -> Option<IpAddr> {
     if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
         return None;
     }
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        Protocol::Ip6(ip) => Some(match ip.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(ip) & !((1u128 << 64) - 1),
+            )),
+        }),
         _ => None,
     })
 }
@@ -288,12 +295,22 @@ mod tests {
     }
 
     #[test]
-    fn relayed_connections_are_not_counted_against_the_relay() {
+    fn relayed_connections_are_not_counted_against_the_relay_and_ipv6_counts_by_64() {
         let relayed: Multiaddr = "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWHtNBSdMH5wmpE3VYLnD9aqmBEEGwKKHR7jZ7cZeF3kYx/p2p-circuit"
             .parse()
             .expect("addr");
         assert_eq!(direct_ip(&relayed), None);
-        let direct: Multiaddr = "/ip6/::1/udp/4001/quic-v1".parse().expect("addr");
-        assert_eq!(direct_ip(&direct), Some("::1".parse().expect("ip")));
+        let a: Multiaddr = "/ip6/2001:db8:1:2::5/udp/4001/quic-v1"
+            .parse()
+            .expect("addr");
+        let b: Multiaddr = "/ip6/2001:db8:1:2:ffff::9/tcp/4001".parse().expect("addr");
+        assert_eq!(direct_ip(&a), Some("2001:db8:1:2::".parse().expect("ip")));
+        assert_eq!(direct_ip(&a), direct_ip(&b), "one /64 is one address");
+        let mapped: Multiaddr = "/ip6/::ffff:10.0.0.1/tcp/4001".parse().expect("addr");
+        assert_eq!(
+            direct_ip(&mapped),
+            Some(ip(1)),
+            "IPv4-mapped counts as the IPv4"
+        );
     }
 }

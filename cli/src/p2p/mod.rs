@@ -304,8 +304,9 @@ pub struct Status {
     /// Circuits this node refused to relay (not a relay, or at the core's bound).
     pub circuits_refused: u64,
     /// DHT health: the share of the last [`DHT_WINDOW`] DHT operations that reached their goal
-    /// (a resolve that returned a verified record, a publish stored by a holder, a lookup that
-    /// found a live peer, a record fetch that found it); `None` before the first.
+    /// (a publish stored by a holder, a lookup that found a live peer, a record fetch that
+    /// found it; a resolve counts when it returned a verified record, and not at all when it
+    /// found nothing, since the name may not exist); `None` before the first.
     pub dht_health: Option<f64>,
     /// How many operations that share is of.
     pub dht_operations: usize,
@@ -1414,7 +1415,9 @@ impl Driver {
 
     fn on_event(&mut self, e: Event) {
         match &e {
-            Event::Resolved { result, .. } => self.dht_outcome(result.is_ok()),
+            // A resolve that found its record counts; one that found nothing does not (the
+            // name may not exist), nor one refused before any query ran (busy).
+            Event::Resolved { result: Ok(_), .. } => self.dht_outcome(true),
             Event::Dht(dht::Event::PutRecord { stored, .. }) => self.dht_outcome(*stored > 0),
             Event::Dht(dht::Event::Lookup { closest, .. }) => self.dht_outcome(!closest.is_empty()),
             Event::Dht(dht::Event::GetRecord { record, .. }) => self.dht_outcome(record.is_some()),

@@ -722,7 +722,8 @@ async fn serve_direct(
                     &from,
                     Kind::Direct,
                     vec![],
-                    "the client opened a tunnel straight to this node",
+                    "the client's own tunnel stream, over its libp2p connection to this node (direct, \
+                     hole-punched, or through this node's relay)",
                     started,
                 ));
                 carry(handle, tcp, Tunnel::Plain(s), 0, &tracked.conn).await;
