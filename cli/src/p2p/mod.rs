@@ -414,11 +414,15 @@ pub struct Handle {
 impl Handle {
     /// The last ping RTT measured to `peer`, if connected and measured.
     pub fn rtt(&self, peer: &beam_node::PeerId) -> Option<Duration> {
-        let id = addr::to_libp2p(peer)?;
+        self.rtt_of(&addr::to_libp2p(peer)?)
+    }
+
+    /// [`Handle::rtt`] by libp2p id.
+    pub fn rtt_of(&self, peer: &libp2p::PeerId) -> Option<Duration> {
         self.rtts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
+            .get(peer)
             .copied()
     }
 
@@ -1548,6 +1552,7 @@ impl Driver {
                 let _ = tx.send(peers);
             }
             Cmd::Status(tx) => {
+                let (rate_in_bps, rate_out_bps) = self.rate();
                 let _ = tx.send(Status {
                     peer_id: self.node.peer_id().to_string(),
                     libp2p_id: self.swarm.local_peer_id().to_string(),
@@ -1575,8 +1580,8 @@ impl Driver {
                         v.sort_unstable();
                         v.get(v.len() / 2).map(|d| d.as_secs_f64() * 1e3)
                     },
-                    rate_in_bps: self.rate().0,
-                    rate_out_bps: self.rate().1,
+                    rate_in_bps,
+                    rate_out_bps,
                     reachability: match self.public {
                         Some(true) => "public",
                         Some(false) => "private",

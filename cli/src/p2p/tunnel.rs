@@ -990,12 +990,7 @@ fn incoming(
         via,
         why: why.into(),
         setup_ms: super::inspect::ms(started.elapsed()),
-        first_hop_rtt_ms: handle
-            .rtts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(from)
-            .map(|d| super::inspect::ms(*d)),
+        first_hop_rtt_ms: handle.rtt_of(from).map(super::inspect::ms),
     }
 }
 
