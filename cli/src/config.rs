@@ -32,6 +32,8 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A list of multiaddrs.
     Multiaddrs,
+    /// A place: `LAT,LON` in decimal degrees or a city of the built-in table; empty: none.
+    Location,
 }
 
 impl fmt::Display for Kind {
@@ -44,6 +46,11 @@ impl fmt::Display for Kind {
             Kind::Multiaddrs => write!(
                 f,
                 "multiaddrs separated by commas, e.g. /ip4/203.0.113.5/tcp/4001 (empty: none)"
+            ),
+            Kind::Location => write!(
+                f,
+                "LAT,LON in decimal degrees (e.g. 50.11,8.68) or a city (e.g. Frankfurt); empty: \
+                 not declared"
             ),
         }
     }
@@ -103,6 +110,11 @@ pub const KEYS: &[Spec] = &[
         table: "p2p",
         name: "bootstrap",
         kind: Kind::Multiaddrs,
+    },
+    Spec {
+        table: "p2p",
+        name: "location",
+        kind: Kind::Location,
     },
     Spec {
         table: "limits",
@@ -187,6 +199,8 @@ pub struct Settings {
     pub mdns: bool,
     /// `p2p.bootstrap`.
     pub bootstrap: Vec<Multiaddr>,
+    /// `p2p.location`: latitude and longitude (`None`: not declared).
+    pub location: Option<(f64, f64)>,
     /// `limits.connectionsPerPeer`.
     pub connections_per_peer: u32,
     /// `limits.connectionsPerAddress`.
@@ -217,6 +231,7 @@ impl Default for Settings {
             relay_rate: 16.0,
             mdns: true,
             bootstrap: vec![],
+            location: None,
             connections_per_peer: 8,
             connections_per_address: 64,
             handshakes_per_address: 16,
@@ -277,6 +292,14 @@ fn parse_text(spec: &Spec, text: &str) -> Result<Value> {
         Kind::Int { .. } => Value::from(t.parse::<i64>().map_err(|_| bad())?),
         Kind::Float { .. } => Value::from(t.parse::<f64>().map_err(|_| bad())?),
         Kind::Choice(_) => Value::from(t),
+        Kind::Location => {
+            if !t.is_empty()
+                && let Err(e) = beam_node::geo::parse_location(t)
+            {
+                bail!("{}: {e}", spec.key());
+            }
+            Value::from(t)
+        }
         Kind::Multiaddrs => {
             let mut a = toml_edit::Array::new();
             for part in t.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -299,6 +322,9 @@ fn check(spec: &Spec, v: &Value) -> std::result::Result<(), String> {
         }
         (Kind::Float { min, max }, Value::Integer(i)) => (min..=max).contains(&(*i.value() as f64)),
         (Kind::Choice(c), Value::String(s)) => c.contains(&s.value().as_str()),
+        (Kind::Location, Value::String(s)) => {
+            s.value().trim().is_empty() || beam_node::geo::parse_location(s.value()).is_ok()
+        }
         (Kind::Multiaddrs, Value::Array(a)) => a
             .iter()
             .all(|x| x.as_str().is_some_and(|s| s.parse::<Multiaddr>().is_ok())),
@@ -432,6 +458,11 @@ fn settings(doc: &DocumentMut) -> Result<Settings> {
                     .unwrap_or(s.relay_rate)
             }
             "p2p.mdns" => s.mdns = v.as_bool().unwrap_or(s.mdns),
+            "p2p.location" => {
+                s.location = v
+                    .as_str()
+                    .and_then(|t| beam_node::geo::parse_location(t).ok())
+            }
             "limits.connectionsPerPeer" => {
                 s.connections_per_peer = v.as_integer().map_or(s.connections_per_peer, |i| i as u32)
             }

@@ -192,6 +192,7 @@ async fn node(
         mdns: false,
         max_peers: crate::config::Settings::default().max_peers,
         limits: p2p::Limits::default(),
+        location: None,
     })
     .await?;
     p2p::tunnel::spawn_acceptors(

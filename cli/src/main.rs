@@ -17,6 +17,7 @@
 mod config;
 mod connect;
 mod control;
+mod dashboard;
 mod demo;
 mod p2p;
 mod serve;
@@ -124,6 +125,16 @@ struct P2pArgs {
     /// [default: p2p.relayRate in the config file, 16]
     #[arg(long, value_name = "MIB_PER_S")]
     relay_rate: Option<f64>,
+    /// Tell peers where this node is, so their `beam network peers --geo` and dashboard map
+    /// can place it: LAT,LON in decimal degrees (e.g. 50.11,8.68) or a city (e.g. Frankfurt).
+    /// Your word, not measured; not declared by default. [default: p2p.location in the config
+    /// file]
+    #[arg(long, value_name = "LAT,LON|CITY", value_parser = parse_location, allow_hyphen_values = true)]
+    location: Option<(f64, f64)>,
+}
+
+fn parse_location(text: &str) -> Result<(f64, f64), String> {
+    beam_node::geo::parse_location(text).map_err(|e| e.to_string())
 }
 
 impl P2pArgs {
@@ -154,6 +165,11 @@ impl P2pArgs {
             bail!("--relay-rate must be a number of MiB/s, 0 or more (0: no cap); got {rate}");
         }
         Ok(Some((rate * 1024.0 * 1024.0) as u64).filter(|r| *r > 0))
+    }
+
+    /// `--location`, else the config file's.
+    fn location(&self, settings: &config::Settings) -> Option<(f64, f64)> {
+        self.location.or(settings.location)
     }
 
     fn listen_or(&self, port: u16) -> Vec<Multiaddr> {
@@ -272,6 +288,10 @@ enum NetworkCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also where each peer says it is (its --location) and that place's region, e.g.
+        /// `Europe (near Frankfurt)`. Peers that declared nothing are listed as such.
+        #[arg(long)]
+        geo: bool,
     },
     /// Is this node well connected? Peers, bootstrap peers, the DHT's recent success, the
     /// routing table, reachability. Exits 1 when a check fails (for scripts and monitors).
@@ -280,6 +300,12 @@ enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A live terminal view of the running beam: a world map of its peers (at the places they
+    /// declared with --location) and the routes in use, the peers with their RTTs, latency and
+    /// throughput graphs, and the connection inspector. Redrawn each second; q quits. Fits an
+    /// 80×24 terminal.
+    #[command(visible_aliases = ["map", "watch", "monitor"])]
+    Dashboard,
     /// What this node gives the network: circuits relayed for others, the distinct peers they
     /// came from, bytes relayed, tunnels served, uptime.
     MyStats {
@@ -477,6 +503,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 mdns,
                 max_peers: settings.max_peers,
                 limits: settings.limits(),
+                location: p.location(settings),
             };
             if let Some(name) = &cli.serve.name
                 && !beam_node::record::valid_name(name)
@@ -530,6 +557,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 mdns,
                 max_peers: settings.max_peers,
                 limits: settings.limits(),
+                location: p.location(settings),
             };
             let opts = serve::Options {
                 state_dir: dir,
@@ -576,6 +604,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 mdns,
                 max_peers: settings.max_peers,
                 limits: settings.limits(),
+                location: args.p2p.location(settings),
             };
             runtime()?.block_on(connect::run(
                 config,
@@ -603,10 +632,13 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             }
         }
         Some(Command::Network {
-            command: NetworkCommand::Peers { json },
+            command: NetworkCommand::Dashboard,
+        }) => dashboard::run(&state::dir(cli.state_dir)?),
+        Some(Command::Network {
+            command: NetworkCommand::Peers { json, geo },
         }) => {
             let dir = state::dir(cli.state_dir)?;
-            runtime()?.block_on(status::peers(&dir, json))
+            runtime()?.block_on(status::peers(&dir, json, geo))
         }
         Some(Command::Network {
             command: NetworkCommand::Health { json },

@@ -56,6 +56,9 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
         "participation: {}",
         p["participation"].as_str().unwrap_or("?")
     );
+    if let Some(region) = p["region"].as_str() {
+        println!("location:      {region} (declared with --location)");
+    }
     for a in p["listen"].as_array().into_iter().flatten() {
         println!("listening:     {}", a.as_str().unwrap_or("?"));
     }
@@ -268,7 +271,7 @@ pub async fn my_stats(state_dir: &Path, json: bool) -> Result<()> {
 }
 
 /// `beam network peers [--json]`.
-pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
+pub async fn peers(state_dir: &Path, json: bool, geo: bool) -> Result<()> {
     let Some(list) = list(
         state_dir,
         Request::Peers,
@@ -306,6 +309,31 @@ pub async fn peers(state_dir: &Path, json: bool) -> Result<()> {
                 "no"
             },
             p["address"].as_str().unwrap_or("?"),
+        );
+    }
+    if geo {
+        println!();
+        println!("{:<60} {:<16} REGION", "PEER", "LOCATION");
+        for p in &list {
+            let id = p["peer"]
+                .as_str()
+                .or(p["libp2p_id"].as_str())
+                .unwrap_or("?");
+            let at = p["location"].as_array().map_or("-".to_string(), |a| {
+                format!(
+                    "{:.2},{:.2}",
+                    a[0].as_f64().unwrap_or(0.0),
+                    a[1].as_f64().unwrap_or(0.0)
+                )
+            });
+            let region = p["region"].as_str().unwrap_or("not declared");
+            println!("{id:<60} {at:<16} {region}");
+        }
+        let declared = list.iter().filter(|p| p["location"].is_array()).count();
+        println!(
+            "{declared} of {} peers declared where they are (--location: their word, not \
+             measured)",
+            list.len()
         );
     }
     println!("{} peers", list.len());

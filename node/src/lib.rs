@@ -44,6 +44,7 @@ pub mod coords;
 pub mod dht;
 pub mod e2e;
 pub mod fuzzing;
+pub mod geo;
 pub mod gossip;
 pub mod health;
 pub mod id;

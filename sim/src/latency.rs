@@ -44,11 +44,12 @@ use std::time::Duration;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use crate::cities::{City, Region, find_city};
-use crate::scenario::Scenario;
+pub use beam_node::geo::{
+    EARTH_RADIUS_KM, LocationError, haversine_km, parse_lat_lon, parse_location,
+};
 
-/// Mean radius of the Earth in km, as used by the haversine formula.
-pub const EARTH_RADIUS_KM: f64 = 6371.0;
+use crate::cities::{City, Region};
+use crate::scenario::Scenario;
 
 /// Speed of light in optical fibre, km/s.
 pub const FIBRE_KM_PER_S: f64 = 200_000.0;
@@ -103,15 +104,6 @@ impl Placement {
     pub fn city(&self) -> &'static City {
         &self.region.cities()[self.city]
     }
-}
-
-/// Great-circle distance in km between two points given in degrees (haversine).
-pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dp = p2 - p1;
-    let dl = (lon2 - lon1).to_radians();
-    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -222,66 +214,6 @@ pub fn median_rtt_between(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
 }
 
 /// Why a location could not be parsed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum LocationError {
-    /// The text is neither `LAT,LON` nor a city of the built-in table.
-    #[error(
-        "expected LAT,LON in decimal degrees (e.g. 53.35,-6.26) or a city of the built-in table \
-         (e.g. Dublin), got {0:?}"
-    )]
-    Format(String),
-    /// One coordinate is not a number.
-    #[error("{which} {text:?} is not a number (expected decimal degrees, e.g. 53.35,-6.26)")]
-    NotANumber {
-        /// `latitude` or `longitude`.
-        which: &'static str,
-        /// The text given.
-        text: String,
-    },
-    /// The latitude is outside −90..=90.
-    #[error("latitude {0} is out of range: must be between -90 and 90 (LAT comes first)")]
-    Latitude(f64),
-    /// The longitude is outside −180..=180.
-    #[error("longitude {0} is out of range: must be between -180 and 180")]
-    Longitude(f64),
-}
-
-/// Parses `"LAT,LON"` in decimal degrees (spaces allowed), range-checked.
-pub fn parse_lat_lon(text: &str) -> Result<(f64, f64), LocationError> {
-    let Some((lat, lon)) = text.split_once(',') else {
-        return Err(LocationError::Format(text.to_owned()));
-    };
-    let number = |which: &'static str, s: &str| {
-        let s = s.trim();
-        s.parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite())
-            .ok_or_else(|| LocationError::NotANumber {
-                which,
-                text: s.to_owned(),
-            })
-    };
-    let lat = number("latitude", lat)?;
-    let lon = number("longitude", lon)?;
-    if !(-90.0..=90.0).contains(&lat) {
-        return Err(LocationError::Latitude(lat));
-    }
-    if !(-180.0..=180.0).contains(&lon) {
-        return Err(LocationError::Longitude(lon));
-    }
-    Ok((lat, lon))
-}
-
-/// Parses `"LAT,LON"`, or a city name of the built-in table (e.g. `Dublin`).
-pub fn parse_location(text: &str) -> Result<(f64, f64), LocationError> {
-    if text.contains(',') {
-        return parse_lat_lon(text);
-    }
-    find_city(text)
-        .map(|(_, c)| (c.lat, c.lon))
-        .ok_or_else(|| LocationError::Format(text.to_owned()))
-}
-
 /// Writes an integer with thousands separators, e.g. `5,453`.
 struct Thousands(u64);
 
@@ -316,6 +248,7 @@ pub fn latency_command(a: &str, b: &str) -> Result<String, LocationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cities::find_city;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

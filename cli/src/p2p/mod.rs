@@ -125,6 +125,9 @@ pub struct Config {
     pub max_peers: u32,
     /// Bounds on the tunnels and circuits peers can make this node hold (`limits.*`).
     pub limits: Limits,
+    /// Where this node says it is (`--location`, `p2p.location`): latitude, longitude. Sent to
+    /// peers in identify; `None` sends nothing.
+    pub location: Option<(f64, f64)>,
 }
 
 /// Bounds on the tunnels and circuits peers can make this node hold.
@@ -321,6 +324,9 @@ pub struct Status {
     /// `--bootstrap` (and LAN) peers connected, of those known.
     pub bootstrap_connected: usize,
     pub bootstrap_known: usize,
+    /// Where this node says it is (`--location`), `[lat, lon]`, and that place's region.
+    pub location: Option<[f64; 2]>,
+    pub region: Option<String>,
 }
 
 /// A connected peer, for `beam network peers`.
@@ -337,8 +343,38 @@ pub struct PeerInfo {
     pub relayed: bool,
     /// The last libp2p ping RTT, ms.
     pub rtt_ms: Option<f64>,
+    /// Where the peer says it is, `[lat, lon]` (declared with `--location`, not measured).
+    pub location: Option<[f64; 2]>,
+    /// The region of that location, named after the nearest city of beam's table, e.g.
+    /// `Europe (near Frankfurt)`.
+    pub region: Option<String>,
     /// Whether it is in this node's DHT routing table (a DHT server this node uses).
     pub in_routing_table: bool,
+}
+
+/// The identify agent version: `beam/<version>`, then ` location=LAT,LON` (two decimals, about
+/// a kilometre) when the node declares where it is.
+fn agent_version(location: Option<(f64, f64)>) -> String {
+    let mut v = format!("beam/{}", env!("CARGO_PKG_VERSION"));
+    if let Some((lat, lon)) = location {
+        v.push_str(&format!(" location={lat:.2},{lon:.2}"));
+    }
+    v
+}
+
+/// The location a peer's agent version declares, if any and well formed (anything else in it
+/// is ignored: it is the peer's word, and only a place on the map hangs on it).
+fn declared_location(agent: &str) -> Option<(f64, f64)> {
+    let text = agent
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("location="))?;
+    beam_node::geo::parse_lat_lon(text).ok()
+}
+
+/// `Europe (near Frankfurt)`: the region of the nearest city of beam's table.
+pub fn region_of(lat: f64, lon: f64) -> String {
+    let (region, city, _) = beam_node::geo::nearest_city(lat, lon);
+    format!("{} (near {})", region.name(), city.name)
 }
 
 /// Distinct peers [`Stats::helped`] counts at most.
@@ -562,7 +598,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         .with_behaviour(|key, relay_client| Behaviour {
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_VERSION.into(), key.public())
-                    .with_agent_version(format!("beam/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(agent_version(config.location)),
             ),
             ping: ping::Behaviour::default(),
             stream: libp2p_stream::Behaviour::new(),
@@ -682,6 +718,8 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         known_addr: HashMap::new(),
         remote_ip: HashMap::new(),
         remote_addr: HashMap::new(),
+        locations: HashMap::new(),
+        location: config.location,
         pending_in: HashMap::new(),
         listen: BTreeSet::new(),
         bootstrap,
@@ -742,6 +780,10 @@ struct Driver {
     /// The remote address of each connected peer's latest connection, and whether this node
     /// dialled it.
     remote_addr: HashMap<libp2p::PeerId, (Multiaddr, bool)>,
+    /// Where connected peers say they are (identify's agent version; see [`agent_version`]).
+    locations: HashMap<libp2p::PeerId, (f64, f64)>,
+    /// Where this node says it is.
+    location: Option<(f64, f64)>,
     /// Frames from peers whose identify has not arrived: since when, and the frames.
     pending_in: HashMap<libp2p::PeerId, (Instant, Vec<Vec<u8>>)>,
     /// This node's own usable listen addresses.
@@ -1021,6 +1063,7 @@ impl Driver {
                 self.flush_pending(peer_id);
                 self.remote_ip.remove(&peer_id);
                 self.remote_addr.remove(&peer_id);
+                self.locations.remove(&peer_id);
                 self.rtts
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -1160,6 +1203,10 @@ impl Driver {
                 if let Some(a) = usable.into_iter().next() {
                     self.known_addr.insert(peer_id, a);
                 }
+                match declared_location(&info.agent_version) {
+                    Some(at) => self.locations.insert(peer_id, at),
+                    None => self.locations.remove(&peer_id),
+                };
                 tracing::debug!(peer = %peer_id, "identified");
                 self.flush_pending(peer_id);
             }
@@ -1538,6 +1585,8 @@ impl Driver {
                             address,
                             direction: if dialled { "out" } else { "in" },
                             rtt_ms: rtts.get(p).map(|d| d.as_secs_f64() * 1e3),
+                            location: self.locations.get(p).map(|&(lat, lon)| [lat, lon]),
+                            region: self.locations.get(p).map(|&(lat, lon)| region_of(lat, lon)),
                             in_routing_table: beam
                                 .is_some_and(|b| self.node.dht().table().contains(&b)),
                         }
@@ -1589,6 +1638,8 @@ impl Driver {
                     },
                     bootstrap_connected: self.bootstrap.iter().filter(|b| b.connected).count(),
                     bootstrap_known: self.bootstrap.len(),
+                    location: self.location.map(|(lat, lon)| [lat, lon]),
+                    region: self.location.map(|(lat, lon)| region_of(lat, lon)),
                 });
             }
         }
@@ -1859,6 +1910,7 @@ mod tests {
             relay_rate: None,
             mdns: false,
             max_peers: 256,
+            location: None,
             limits: Limits::default(),
         }
     }
