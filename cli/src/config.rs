@@ -180,6 +180,19 @@ pub const KEYS: &[Spec] = &[
         kind: Kind::Bool,
     },
     Spec {
+        table: "history",
+        name: "sampleSeconds",
+        kind: Kind::Int { min: 1, max: 3_600 },
+    },
+    Spec {
+        table: "history",
+        name: "maxSamples",
+        kind: Kind::Int {
+            min: 10,
+            max: 1_000_000,
+        },
+    },
+    Spec {
         table: "logging",
         name: "level",
         kind: Kind::Choice(LEVELS),
@@ -219,6 +232,10 @@ pub struct Settings {
     pub strategy: Strategy,
     /// `tor.enabled`.
     pub tor: bool,
+    /// `history.sampleSeconds`.
+    pub history_interval_s: u32,
+    /// `history.maxSamples`.
+    pub history_max_samples: u32,
     /// `logging.level`.
     pub log_level: String,
 }
@@ -241,12 +258,22 @@ impl Default for Settings {
             idle_timeout_s: 600,
             strategy: Strategy::Direct,
             tor: false,
+            history_interval_s: 60,
+            history_max_samples: 10_080,
             log_level: "warn".into(),
         }
     }
 }
 
 impl Settings {
+    /// The `history.*` keys as the sampler takes them.
+    pub fn history(&self) -> crate::history::Settings {
+        crate::history::Settings {
+            interval: std::time::Duration::from_secs(u64::from(self.history_interval_s)),
+            max_samples: u64::from(self.history_max_samples),
+        }
+    }
+
     /// The `limits.*` keys as the node takes them.
     pub fn limits(&self) -> crate::p2p::Limits {
         crate::p2p::Limits {
@@ -458,6 +485,12 @@ fn settings(doc: &DocumentMut) -> Result<Settings> {
                     .unwrap_or(s.relay_rate)
             }
             "p2p.mdns" => s.mdns = v.as_bool().unwrap_or(s.mdns),
+            "history.sampleSeconds" => {
+                s.history_interval_s = v.as_integer().map_or(s.history_interval_s, |i| i as u32)
+            }
+            "history.maxSamples" => {
+                s.history_max_samples = v.as_integer().map_or(s.history_max_samples, |i| i as u32)
+            }
             "p2p.location" => {
                 s.location = v
                     .as_str()

@@ -106,6 +106,7 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
             #[cfg(feature = "tor")]
             tor: None,
             started,
+            history: None,
         },
     )
     .await?;

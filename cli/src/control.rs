@@ -112,6 +112,8 @@ pub struct Context {
     pub tor: Option<Arc<crate::tor::TorSide>>,
     /// When the node started.
     pub started: Instant,
+    /// Sample the node into the history database (`beam network stats`); `None`: do not.
+    pub history: Option<crate::history::Settings>,
 }
 
 /// Binds the socket and serves it in the background. Fails when another `beam` answers on it.
@@ -138,6 +140,13 @@ pub async fn spawn(state_dir: &Path, ctx: Context) -> Result<()> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
     let ctx = Arc::new(ctx);
+    if let Some(settings) = ctx.history {
+        let c = ctx.clone();
+        crate::history::spawn(crate::history::path(state_dir), settings, move || {
+            let c = c.clone();
+            async move { Ok(serde_json::to_value(node_status(&c).await?)?) }
+        });
+    }
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -176,64 +185,7 @@ use tokio::io::AsyncReadExt as _;
 
 async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
     match req {
-        Request::Status => {
-            let s = ctx.p2p.status().await?;
-            let st = &ctx.p2p.stats;
-            #[cfg(feature = "tor")]
-            let onion_address = ctx.tor.as_ref().and_then(|t| t.onion_address());
-            #[cfg(not(feature = "tor"))]
-            let onion_address = None;
-            #[cfg(feature = "tor")]
-            let tor = ctx.tor.as_ref().map(|t| {
-                let t = t.status();
-                serde_json::json!({
-                    "state": t.state,
-                    "bootstrap_percent": t.bootstrap_percent,
-                    "circuits_in_use": t.circuits_in_use,
-                    "reachable": t.reachable,
-                    "streams_open": t.streams_open,
-                })
-            });
-            #[cfg(not(feature = "tor"))]
-            let tor = None;
-            let status = NodeStatus {
-                p2p: serde_json::to_value(&s)?,
-                forwarding_to: ctx.port,
-                name: ctx.name.clone(),
-                onion_address,
-                tunnels_open: st.tunnels_open.load(Ordering::Relaxed),
-                tunnels_total: st.tunnels_total.load(Ordering::Relaxed),
-                bytes_in: st.bytes_in.load(Ordering::Relaxed),
-                bytes_out: st.bytes_out.load(Ordering::Relaxed),
-                bytes_relayed: st.bytes_relayed.load(Ordering::Relaxed),
-                circuits_relayed: st.circuits_relayed.load(Ordering::Relaxed),
-                peers_helped: st.helped.lock().unwrap_or_else(|p| p.into_inner()).len(),
-                relay_rate: ctx.p2p.limiter.rate(),
-                relay_throttled: ctx.p2p.limiter.throttled.load(Ordering::Relaxed),
-                auth_required: ctx.auth_required,
-                auth_refused: st.auth_refused.load(Ordering::Relaxed),
-                limits: {
-                    let l = &ctx.p2p.streams;
-                    let (per_peer, total) = l.bounds();
-                    serde_json::json!({
-                        "streams_open": l.open(),
-                        "streams_per_peer": per_peer,
-                        "streams_total": total,
-                        "refused_per_peer": l.refused_per_peer.load(Ordering::Relaxed),
-                        "refused_total": l.refused_total.load(Ordering::Relaxed),
-                        "idle_timeout_s": ctx.p2p.idle_timeout.map(|d| d.as_secs()),
-                        "idle_closed": st.idle_closed.load(Ordering::Relaxed),
-                        "connections_refused": st.connections_refused.load(Ordering::Relaxed),
-                        "handshakes_refused": st.handshakes_refused.load(Ordering::Relaxed),
-                        "circuits_refused": s.circuits_refused,
-                        "open_retries": st.open_retries.load(Ordering::Relaxed),
-                    })
-                },
-                tor,
-                uptime_s: ctx.started.elapsed().as_secs(),
-            };
-            Ok(serde_json::json!({"ok": true, "status": status}))
-        }
+        Request::Status => Ok(serde_json::json!({"ok": true, "status": node_status(ctx).await?})),
         Request::Peers => Ok(serde_json::json!({
             "ok": true,
             "peers": ctx.p2p.peers().await?,
@@ -260,6 +212,66 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
             bail!("this beam runs without Tor (start it with --tor)")
         }
     }
+}
+
+/// What `beam status --json` shows.
+pub async fn node_status(ctx: &Context) -> Result<NodeStatus> {
+    let s = ctx.p2p.status().await?;
+    let st = &ctx.p2p.stats;
+    #[cfg(feature = "tor")]
+    let onion_address = ctx.tor.as_ref().and_then(|t| t.onion_address());
+    #[cfg(not(feature = "tor"))]
+    let onion_address = None;
+    #[cfg(feature = "tor")]
+    let tor = ctx.tor.as_ref().map(|t| {
+        let t = t.status();
+        serde_json::json!({
+            "state": t.state,
+            "bootstrap_percent": t.bootstrap_percent,
+            "circuits_in_use": t.circuits_in_use,
+            "reachable": t.reachable,
+            "streams_open": t.streams_open,
+        })
+    });
+    #[cfg(not(feature = "tor"))]
+    let tor = None;
+    let status = NodeStatus {
+        p2p: serde_json::to_value(&s)?,
+        forwarding_to: ctx.port,
+        name: ctx.name.clone(),
+        onion_address,
+        tunnels_open: st.tunnels_open.load(Ordering::Relaxed),
+        tunnels_total: st.tunnels_total.load(Ordering::Relaxed),
+        bytes_in: st.bytes_in.load(Ordering::Relaxed),
+        bytes_out: st.bytes_out.load(Ordering::Relaxed),
+        bytes_relayed: st.bytes_relayed.load(Ordering::Relaxed),
+        circuits_relayed: st.circuits_relayed.load(Ordering::Relaxed),
+        peers_helped: st.helped.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        relay_rate: ctx.p2p.limiter.rate(),
+        relay_throttled: ctx.p2p.limiter.throttled.load(Ordering::Relaxed),
+        auth_required: ctx.auth_required,
+        auth_refused: st.auth_refused.load(Ordering::Relaxed),
+        limits: {
+            let l = &ctx.p2p.streams;
+            let (per_peer, total) = l.bounds();
+            serde_json::json!({
+                "streams_open": l.open(),
+                "streams_per_peer": per_peer,
+                "streams_total": total,
+                "refused_per_peer": l.refused_per_peer.load(Ordering::Relaxed),
+                "refused_total": l.refused_total.load(Ordering::Relaxed),
+                "idle_timeout_s": ctx.p2p.idle_timeout.map(|d| d.as_secs()),
+                "idle_closed": st.idle_closed.load(Ordering::Relaxed),
+                "connections_refused": st.connections_refused.load(Ordering::Relaxed),
+                "handshakes_refused": st.handshakes_refused.load(Ordering::Relaxed),
+                "circuits_refused": s.circuits_refused,
+                "open_retries": st.open_retries.load(Ordering::Relaxed),
+            })
+        },
+        tor,
+        uptime_s: ctx.started.elapsed().as_secs(),
+    };
+    Ok(status)
 }
 
 /// Sends one request to the `beam` running with `state_dir` and returns its answer's payload.

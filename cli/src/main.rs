@@ -19,6 +19,7 @@ mod connect;
 mod control;
 mod dashboard;
 mod demo;
+mod history;
 mod p2p;
 mod serve;
 mod state;
@@ -306,6 +307,17 @@ enum NetworkCommand {
     /// 80×24 terminal.
     #[command(visible_aliases = ["map", "watch", "monitor"])]
     Dashboard,
+    /// The node's history: peers, DHT health, RTT, bandwidth and bytes, sampled by the running
+    /// node every history.sampleSeconds (60) into history.sqlite in its state directory
+    /// (bounded by history.maxSamples). Reads the file: works with the node stopped too.
+    Stats {
+        /// How far back, e.g. 24h, 30m, 7d.
+        #[arg(long, default_value = "24h")]
+        period: String,
+        /// Print JSON: {"period_s", "samples": [{"t", "peers", …}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// What this node gives the network: circuits relayed for others, the distinct peers they
     /// came from, bytes relayed, tunnels served, uptime.
     MyStats {
@@ -540,6 +552,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 state_dir: dir,
                 tor: tor.then(|| std::time::Duration::from_secs(cli.serve.tor_timeout)),
                 auth,
+                history: settings.history(),
             };
             runtime()?.block_on(serve::run(config, opts))
         }
@@ -563,6 +576,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 state_dir: dir,
                 tor: None,
                 auth: None,
+                history: settings.history(),
             };
             runtime()?.block_on(serve::run(config, opts))
         }
@@ -631,6 +645,9 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 runtime()?.block_on(status::node(&dir, json))
             }
         }
+        Some(Command::Network {
+            command: NetworkCommand::Stats { period, json },
+        }) => status::stats(&state::dir(cli.state_dir)?, &period, json),
         Some(Command::Network {
             command: NetworkCommand::Dashboard,
         }) => dashboard::run(&state::dir(cli.state_dir)?),

@@ -31,6 +31,8 @@ pub struct Options {
     pub tor: Option<Duration>,
     /// `--auth`: the token clients must present.
     pub auth: Option<Auth>,
+    /// How the node samples its history.
+    pub history: crate::history::Settings,
 }
 
 /// The access token of `--auth`.
@@ -77,6 +79,7 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
             #[cfg(feature = "tor")]
             tor: tor_side.clone(),
             started,
+            history: Some(opts.history),
         },
     )
     .await?;

@@ -477,3 +477,67 @@ pub async fn tor(state_dir: &Path, json: bool) -> Result<()> {
     );
     Ok(())
 }
+
+/// `beam network stats --period P [--json]`: the history the node sampled.
+pub fn stats(state_dir: &Path, period: &str, json: bool) -> Result<()> {
+    use crate::history;
+    let period = history::parse_period(period)?;
+    let path = history::path(state_dir);
+    let samples = history::read(&path, period, history::unix_now())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"period_s": period.as_secs(), "samples": samples})
+        );
+        return Ok(());
+    }
+    if samples.is_empty() {
+        println!(
+            "no samples in the last {} in {} (a running beam samples every history.sampleSeconds, \
+             60 by default)",
+            humantime::format_duration(period),
+            path.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:>5} {:>6} {:>7} {:>9} {:>11} {:>11} {:>10}",
+        "TIME (UTC)", "PEERS", "DHT", "NET", "RTT p50", "IN", "OUT", "RELAYED"
+    );
+    let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
+    for s in &samples {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.t.max(0) as u64);
+        println!(
+            "{:<20} {:>5} {:>6} {:>7} {:>9} {:>11} {:>11} {:>10}",
+            humantime::format_rfc3339_seconds(at)
+                .to_string()
+                .replace('T', " "),
+            s.peers,
+            opt(s.dht_health, &|h| format!("{:.0}%", h * 1e2)),
+            opt(s.network_size, &|n| format!("~{n:.0}")),
+            opt(s.rtt_p50_ms, &|r| format!("{r:.1} ms")),
+            format!("{}/s", bytes(s.rate_in_bps as u64)),
+            format!("{}/s", bytes(s.rate_out_bps as u64)),
+            bytes(s.bytes_relayed.max(0) as u64),
+        );
+    }
+    let peers: Vec<i64> = samples.iter().map(|s| s.peers).collect();
+    let rtts: Vec<f64> = samples.iter().filter_map(|s| s.rtt_p50_ms).collect();
+    println!(
+        "{} samples over the last {}: peers {}–{}; RTT p50 {}",
+        samples.len(),
+        humantime::format_duration(period),
+        peers.iter().min().unwrap_or(&0),
+        peers.iter().max().unwrap_or(&0),
+        if rtts.is_empty() {
+            "not measured".to_string()
+        } else {
+            format!(
+                "{:.1}–{:.1} ms",
+                rtts.iter().copied().fold(f64::INFINITY, f64::min),
+                rtts.iter().copied().fold(0.0, f64::max)
+            )
+        }
+    );
+    Ok(())
+}

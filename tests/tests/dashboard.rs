@@ -273,3 +273,110 @@ fn the_dashboard_draws_the_peers_where_they_said_they_are_and_q_quits() {
     drop(held);
     boot.kill();
 }
+
+/// `beam network stats`: a node sampling every second (history.sampleSeconds = 1) has two
+/// points after two samples, with the peers it had; the history outlives the node.
+#[test]
+fn the_node_keeps_a_history_and_stats_shows_it() {
+    let d_boot = TempDir::new("hist-boot");
+    let mut boot = Beam::start(
+        "boot",
+        &[
+            "node",
+            "--p2p-full",
+            "--listen",
+            LOOPBACK,
+            "--state-dir",
+            d_boot.path(),
+        ],
+    );
+    let boot_addr = listen_addr(&boot.wait_for("listening ", T));
+    let d = TempDir::new("hist-node");
+    let config = d.0.join("config.toml");
+    std::fs::write(&config, "[history]\nsampleSeconds = 1\n").expect("write config");
+    let config = config.to_str().expect("utf-8").to_string();
+    let mut node = Beam::start_env(
+        "node",
+        &[
+            "node",
+            "--p2p-routing",
+            "--listen",
+            LOOPBACK,
+            "--bootstrap",
+            &boot_addr,
+            "--state-dir",
+            d.path(),
+        ],
+        &[("BEAM_CONFIG", &config)],
+    );
+    node.wait_for("joined the network", T);
+    let stats = |json: bool| {
+        let mut args = vec![
+            "--state-dir",
+            d.path(),
+            "network",
+            "stats",
+            "--period",
+            "24h",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(beam_bin())
+            .args(&args)
+            .env("BEAM_CONFIG", &config)
+            .output()
+            .expect("beam network stats");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let deadline = Instant::now() + T;
+    let samples = loop {
+        let v: serde_json::Value = serde_json::from_str(&stats(true)).expect("json");
+        let samples = v["samples"].as_array().cloned().unwrap_or_default();
+        if samples.len() >= 2 || Instant::now() > deadline {
+            assert_eq!(v["period_s"], 86_400);
+            break samples;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    node.kill();
+    assert!(samples.len() >= 2, "{samples:?}");
+    let (a, b) = (&samples[0], &samples[1]);
+    assert!(b["t"].as_i64() > a["t"].as_i64(), "{samples:?}");
+    for s in &samples {
+        assert!(
+            s["peers"].as_u64() >= Some(1),
+            "the node was connected to boot: {s}"
+        );
+    }
+    // The node is gone; its history is not.
+    let text = stats(false);
+    eprintln!("{text}");
+    let n = text
+        .lines()
+        .find(|l| l.contains("samples over the last"))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no summary line:\n{text}"));
+    assert!(n >= samples.len(), "{text}");
+    let bad = Command::new(beam_bin())
+        .args([
+            "--state-dir",
+            d.path(),
+            "network",
+            "stats",
+            "--period",
+            "banana",
+        ])
+        .env("BEAM_CONFIG", &config)
+        .output()
+        .expect("beam network stats");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("24h"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    boot.kill();
+}
