@@ -240,6 +240,99 @@ where
     });
 }
 
+/// Draws `samples` as an SVG file at `out`: peers, peer RTT p50 and tunnel throughput against
+/// time (minutes before the last sample), one panel each.
+pub fn plot(samples: &[Sample], out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("cannot draw {}: {e}", out.display());
+    let Some(last) = samples.last().map(|s| s.t) else {
+        bail!("no samples to draw");
+    };
+    let x = |s: &Sample| (s.t - last) as f64 / 60.0;
+    let x_lo = samples.first().map_or(-1.0, x).min(-1.0 / 60.0);
+    let root = SVGBackend::new(out, (1000, 900)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((3, 1));
+    type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+    let kib = |v: f64| v / 1024.0;
+    let drawn: [(&str, &str, Vec<Series<'_>>); 3] = [
+        (
+            "peers connected",
+            "peers",
+            vec![(
+                "peers",
+                BLUE,
+                samples.iter().map(|s| (x(s), s.peers as f64)).collect(),
+            )],
+        ),
+        (
+            "peer RTT p50 (libp2p ping)",
+            "ms",
+            vec![(
+                "RTT p50",
+                RED,
+                samples
+                    .iter()
+                    .filter_map(|s| Some((x(s), s.rtt_p50_ms?)))
+                    .collect(),
+            )],
+        ),
+        (
+            "tunnel throughput (10 s average)",
+            "KiB/s",
+            vec![
+                (
+                    "in",
+                    GREEN,
+                    samples.iter().map(|s| (x(s), kib(s.rate_in_bps))).collect(),
+                ),
+                (
+                    "out",
+                    MAGENTA,
+                    samples
+                        .iter()
+                        .map(|s| (x(s), kib(s.rate_out_bps)))
+                        .collect(),
+                ),
+            ],
+        ),
+    ];
+    for (area, (caption, unit, series)) in panels.iter().zip(drawn) {
+        let top = series
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|&(_, y)| y))
+            .fold(0.0_f64, f64::max);
+        let top = if top > 0.0 { top * 1.15 } else { 1.0 };
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(35)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x_lo..0.0, 0.0..top)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("minutes before the last sample")
+            .y_desc(unit)
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (label, colour, points) in series {
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +407,33 @@ mod tests {
         let e = Writer::open(&p, 10).err().expect("refused");
         assert!(format!("{e:#}").contains("history"), "{e:#}");
         assert!(read(&p, Duration::from_secs(60), 100).is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_history_is_drawn_as_an_svg_with_a_line_per_series() {
+        let d = dir("plot");
+        let out = d.join("h.svg");
+        let samples: Vec<Sample> = (0..10).map(|i| sample(i * 60, i % 4)).collect();
+        plot(&samples, &out).expect("plot");
+        let svg = std::fs::read_to_string(&out).expect("svg");
+        assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
+        // The data lines (2 px; the legend's are 1 px): peers, RTT, in and out, 10 points each.
+        let lines: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\""))
+            .collect();
+        assert_eq!(lines.len(), 4, "{svg}");
+        for l in lines {
+            let points = l
+                .split("points=\"")
+                .nth(1)
+                .and_then(|p| p.split('"').next());
+            let points = points.unwrap_or("");
+            assert_eq!(points.split_whitespace().count(), 10, "{l}");
+        }
+        assert!(svg.contains("peer RTT p50"));
+        assert!(plot(&[], &out).is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -318,6 +318,16 @@ enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The history as plots: peers, peer RTT p50 and tunnel throughput over the period, drawn
+    /// from history.sqlite into an SVG file.
+    Analytics {
+        /// How far back, e.g. 24h, 30m, 7d.
+        #[arg(long, default_value = "24h")]
+        period: String,
+        /// The SVG file to write.
+        #[arg(long, short, default_value = "beam-history.svg", value_name = "FILE")]
+        output: PathBuf,
+    },
     /// What this node gives the network: circuits relayed for others, the distinct peers they
     /// came from, bytes relayed, tunnels served, uptime.
     MyStats {
@@ -648,6 +658,27 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
         Some(Command::Network {
             command: NetworkCommand::Stats { period, json },
         }) => status::stats(&state::dir(cli.state_dir)?, &period, json),
+        Some(Command::Network {
+            command: NetworkCommand::Analytics { period, output },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            let period_d = history::parse_period(&period)?;
+            let samples = history::read(&history::path(&dir), period_d, history::unix_now())?;
+            if samples.is_empty() {
+                bail!(
+                    "no samples in the last {period} in {} (a running beam samples every \
+                     history.sampleSeconds, 60 by default)",
+                    history::path(&dir).display()
+                );
+            }
+            history::plot(&samples, &output)?;
+            println!(
+                "wrote {} ({} samples over the last {period})",
+                output.display(),
+                samples.len()
+            );
+            Ok(())
+        }
         Some(Command::Network {
             command: NetworkCommand::Dashboard,
         }) => dashboard::run(&state::dir(cli.state_dir)?),
