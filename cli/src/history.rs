@@ -157,6 +157,17 @@ pub fn read(path: &Path, period: Duration, now: i64) -> Result<Vec<Sample>> {
     }
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("cannot open the history database {}", path.display()))?;
+    // A node starting up creates the file before its table: nothing sampled yet.
+    let has_table: bool = db
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'samples'",
+            [],
+            |r| r.get(0),
+        )
+        .with_context(|| format!("{} is not a beam history database", path.display()))?;
+    if !has_table {
+        return Ok(vec![]);
+    }
     let since = now.saturating_sub(period.as_secs().min(i64::MAX as u64) as i64);
     let mut q = db
         .prepare(&format!(

@@ -344,12 +344,12 @@ fn the_node_keeps_a_history_and_stats_shows_it() {
     assert!(samples.len() >= 2, "{samples:?}");
     let (a, b) = (&samples[0], &samples[1]);
     assert!(b["t"].as_i64() > a["t"].as_i64(), "{samples:?}");
-    for s in &samples {
-        assert!(
-            s["peers"].as_u64() >= Some(1),
-            "the node was connected to boot: {s}"
-        );
-    }
+    // The first sample may come before the join under load; the last is after it.
+    let last = samples.last().expect("two samples");
+    assert!(
+        last["peers"].as_u64() >= Some(1),
+        "the node was connected to boot: {last}"
+    );
     // The node is gone; its history is not.
     let text = stats(false);
     eprintln!("{text}");
