@@ -660,25 +660,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
         }) => status::stats(&state::dir(cli.state_dir)?, &period, json),
         Some(Command::Network {
             command: NetworkCommand::Analytics { period, output },
-        }) => {
-            let dir = state::dir(cli.state_dir)?;
-            let period_d = history::parse_period(&period)?;
-            let samples = history::read(&history::path(&dir), period_d, history::unix_now())?;
-            if samples.is_empty() {
-                bail!(
-                    "no samples in the last {period} in {} (a running beam samples every \
-                     history.sampleSeconds, 60 by default)",
-                    history::path(&dir).display()
-                );
-            }
-            history::plot(&samples, &output)?;
-            println!(
-                "wrote {} ({} samples over the last {period})",
-                output.display(),
-                samples.len()
-            );
-            Ok(())
-        }
+        }) => status::analytics(&state::dir(cli.state_dir)?, &period, &output),
         Some(Command::Network {
             command: NetworkCommand::Dashboard,
         }) => dashboard::run(&state::dir(cli.state_dir)?),

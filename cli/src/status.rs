@@ -478,12 +478,42 @@ pub async fn tor(state_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `beam network stats --period P [--json]`: the history the node sampled.
-pub fn stats(state_dir: &Path, period: &str, json: bool) -> Result<()> {
+/// The period read from `period` and the history's samples in it.
+fn history_of(state_dir: &Path, period: &str) -> Result<(Duration, Vec<crate::history::Sample>)> {
     use crate::history;
     let period = history::parse_period(period)?;
-    let path = history::path(state_dir);
-    let samples = history::read(&path, period, history::unix_now())?;
+    let samples = history::read(&history::path(state_dir), period, history::unix_now())?;
+    Ok((period, samples))
+}
+
+fn no_samples(state_dir: &Path, period: Duration) -> String {
+    format!(
+        "no samples in the last {} in {} (a running beam samples every history.sampleSeconds, 60 \
+         by default)",
+        humantime::format_duration(period),
+        crate::history::path(state_dir).display()
+    )
+}
+
+/// `beam network analytics --period P --output FILE`: the history drawn as SVG.
+pub fn analytics(state_dir: &Path, period: &str, output: &Path) -> Result<()> {
+    let (period, samples) = history_of(state_dir, period)?;
+    if samples.is_empty() {
+        anyhow::bail!("{}", no_samples(state_dir, period));
+    }
+    crate::history::plot(&samples, output)?;
+    println!(
+        "wrote {} ({} samples over the last {})",
+        output.display(),
+        samples.len(),
+        humantime::format_duration(period)
+    );
+    Ok(())
+}
+
+/// `beam network stats --period P [--json]`: the history the node sampled.
+pub fn stats(state_dir: &Path, period: &str, json: bool) -> Result<()> {
+    let (period, samples) = history_of(state_dir, period)?;
     if json {
         println!(
             "{}",
@@ -492,12 +522,7 @@ pub fn stats(state_dir: &Path, period: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     if samples.is_empty() {
-        println!(
-            "no samples in the last {} in {} (a running beam samples every history.sampleSeconds, \
-             60 by default)",
-            humantime::format_duration(period),
-            path.display()
-        );
+        println!("{}", no_samples(state_dir, period));
         return Ok(());
     }
     println!(
