@@ -10,6 +10,9 @@
 //! ← {"ok":true,"tor":{…}}         (or {"ok":false,"error":"…"})
 //! → {"get":"connections"}
 //! ← {"ok":true,"connections":[…]}
+//! → {"get":"connectivity"}          {"get":"diagnose"}
+//! → {"get":"reconnect","forget":false}
+//! ← {"ok":true,"reconnected":{"disconnected":3,…}}
 //! ```
 //!
 //! Binding also tells two `beam`s apart: a second one started with the same state directory
@@ -52,6 +55,12 @@ pub enum Request {
     Connections,
     /// The connected peers.
     Peers,
+    /// Reachability, NAT mapping, hole punching.
+    Connectivity,
+    /// The recent warnings and errors (scrubbed), and the node's status, for `beam diagnose`.
+    Diagnose,
+    /// Drop every connection and join again (`forget`: forget the routing table first).
+    Reconnect { forget: bool },
 }
 
 /// What the running node knows about itself, for `beam status`.
@@ -189,6 +198,19 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
         Request::Peers => Ok(serde_json::json!({
             "ok": true,
             "peers": ctx.p2p.peers().await?,
+        })),
+        Request::Connectivity => Ok(serde_json::json!({
+            "ok": true,
+            "connectivity": ctx.p2p.connectivity().await?,
+        })),
+        Request::Diagnose => Ok(serde_json::json!({
+            "ok": true,
+            "status": node_status(ctx).await?,
+            "recent": crate::logs::recent(),
+        })),
+        Request::Reconnect { forget } => Ok(serde_json::json!({
+            "ok": true,
+            "reconnected": ctx.p2p.reconnect(forget).await?,
         })),
         Request::Connections => Ok(serde_json::json!({
             "ok": true,

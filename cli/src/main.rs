@@ -20,6 +20,8 @@ mod control;
 mod dashboard;
 mod demo;
 mod history;
+mod logs;
+mod network;
 mod p2p;
 mod serve;
 mod state;
@@ -228,7 +230,8 @@ enum Command {
     /// Show this node's identity: its beam:// address. Creates the identity key on first use;
     /// the address stays the same for as long as the state directory is kept.
     Id {
-        /// Print JSON: {"peer_id": "beam://…", "key_file": "…", "created": true|false}.
+        /// Print JSON: {"peer_id": "beam://…", "libp2p_id": "12D3…" (for /p2p/ in multiaddrs),
+        /// "key_file": "…", "created": true|false}.
         #[arg(long)]
         json: bool,
     },
@@ -328,6 +331,60 @@ enum NetworkCommand {
         #[arg(long, short, default_value = "beam-history.svg", value_name = "FILE")]
         output: PathBuf,
     },
+    /// Check everything: the config file, each bootstrap peer (dialled now), and the running
+    /// node's peers, DHT and reachability. Exits 1 when a check fails.
+    /// `beam network test connectivity` checks reachability alone, in detail.
+    Test {
+        /// Print JSON: {"ok", "checks": [{"check", "ok", "detail"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Bootstrap peers to check instead of the config file's p2p.bootstrap.
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: Vec<Multiaddr>,
+        #[command(subcommand)]
+        command: Option<TestCommand>,
+    },
+    /// Check the config file and its bootstrap peers (each dialled now: does it answer, as
+    /// the identity its /p2p/ names?). Needs no running node. Exits 1 when a check fails.
+    TestConfig {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Bootstrap peers to check instead of the config file's p2p.bootstrap.
+        #[arg(long, value_name = "MULTIADDR")]
+        bootstrap: Vec<Multiaddr>,
+    },
+    /// Drop every connection and join again from the bootstrap peers, keeping the identity,
+    /// the routing table and the published service (published again once joined). Open
+    /// tunnels are cut, so it refuses while there are any unless --force.
+    Restart {
+        #[command(flatten)]
+        opts: ReconnectArgs,
+    },
+    /// Like restart, but first forget the network: the routing table, the relays' trust and
+    /// the peers' addresses. The identity (beam:// address), name and service stay.
+    Reset {
+        #[command(flatten)]
+        opts: ReconnectArgs,
+    },
+    /// Write a report for asking for help: versions, system, the configuration, the state
+    /// directory's file names (no contents: no keys, no token), the running node's status and
+    /// its recent warnings and errors. Peers' addresses are scrubbed; the node's own stay.
+    Diagnose {
+        /// Where to write it (`-`: print it) [default: beam-diagnose-TIME.txt here].
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write a problem report: your description and everything `diagnose` collects, into a
+    /// local file. beam has no central server, so nothing is sent anywhere: attach the file
+    /// where you ask for help.
+    ReportIssue {
+        /// What went wrong, in your words.
+        text: String,
+        /// Where to write it (`-`: print it) [default: beam-issue-TIME.txt here].
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// What this node gives the network: circuits relayed for others, the distinct peers they
     /// came from, bytes relayed, tunnels served, uptime.
     MyStats {
@@ -335,6 +392,32 @@ enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TestCommand {
+    /// Reachability in detail: AutoNAT's verdict (do peers dial this node back?), the NAT's
+    /// mapping (from the ports peers see this node at: cone or symmetric), the addresses peers
+    /// see, hole punches tried and how they went, relay reservations. Exits 1 when nobody can
+    /// reach the node (private, and no relay holds a reservation).
+    Connectivity {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct ReconnectArgs {
+    /// Go ahead even though tunnel connections are open (they are cut).
+    #[arg(long)]
+    force: bool,
+    /// How long to wait for the rejoin before saying it has not happened, in seconds.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    wait: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -435,21 +518,24 @@ fn main() {
     let cli = Cli::parse();
     // The config commands must work on a file the others refuse (to fix it).
     let settings = match &cli.command {
-        Some(Command::Config { .. } | Command::Completions { .. } | Command::Man) => {
-            Ok(config::Settings::default())
-        }
+        Some(
+            Command::Config { .. }
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Network {
+                command:
+                    NetworkCommand::Test { .. }
+                    | NetworkCommand::TestConfig { .. }
+                    | NetworkCommand::Diagnose { .. }
+                    | NetworkCommand::ReportIssue { .. },
+            },
+        ) => Ok(config::Settings::default()),
         _ => config_path(&cli).and_then(|p| config::load(&p)),
     };
     let level = settings
         .as_ref()
         .map_or("warn".to_owned(), |s| s.log_level.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logs::init(&level);
     // Every tunnel holds two descriptors and every peer connection one; the usual soft limit
     // (1,024) is far below what the limits.* bounds allow, so take what the hard limit gives.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -680,6 +766,98 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             Ok(())
         }
         Some(Command::Network {
+            command:
+                NetworkCommand::Test {
+                    json,
+                    bootstrap,
+                    command,
+                },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            let ok = match command {
+                Some(TestCommand::Connectivity { json }) => {
+                    runtime()?.block_on(network::connectivity(&dir, json))?
+                }
+                None => {
+                    let path = config_file?;
+                    let checks = runtime()?.block_on(network::test_all(
+                        &dir,
+                        &path,
+                        &bootstrap,
+                        policy.allow_private,
+                    ));
+                    network::print_checks(&checks, json)
+                }
+            };
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Network {
+            command: NetworkCommand::TestConfig { json, bootstrap },
+        }) => {
+            let path = config_file?;
+            let checks = runtime()?.block_on(network::test_config(
+                &path,
+                &bootstrap,
+                policy.allow_private,
+            ));
+            if !network::print_checks(&checks, json) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Network {
+            command: command @ (NetworkCommand::Restart { .. } | NetworkCommand::Reset { .. }),
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            let (forget, opts) = match command {
+                NetworkCommand::Reset { opts } => (true, opts),
+                NetworkCommand::Restart { opts } => (false, opts),
+                _ => unreachable!(),
+            };
+            runtime()?.block_on(network::reconnect(
+                &dir,
+                forget,
+                opts.force,
+                std::time::Duration::from_secs(opts.wait),
+                opts.json,
+            ))
+        }
+        Some(Command::Network {
+            command: NetworkCommand::Diagnose { output },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            let text = runtime()?.block_on(network::report(&dir, &config_file?, None));
+            if let Some(p) = network::write_report(&text, output.as_deref(), "beam-diagnose")? {
+                println!(
+                    "wrote {} ({} lines): versions, configuration, status and recent warnings;                      no keys, peers' addresses scrubbed",
+                    p.display(),
+                    text.lines().count()
+                );
+            }
+            Ok(())
+        }
+        Some(Command::Network {
+            command: NetworkCommand::ReportIssue { text, output },
+        }) => {
+            if text.trim().is_empty() {
+                bail!(
+                    "say what went wrong: `beam network report-issue \"the tunnel drops after a minute\"`"
+                );
+            }
+            let dir = state::dir(cli.state_dir)?;
+            let report = runtime()?.block_on(network::report(&dir, &config_file?, Some(&text)));
+            if let Some(p) = network::write_report(&report, output.as_deref(), "beam-issue")? {
+                println!(
+                    "wrote {}: attach it where you ask for help (beam has no central server;                      nothing was sent)",
+                    p.display()
+                );
+            }
+            Ok(())
+        }
+        Some(Command::Network {
             command: NetworkCommand::MyStats { json },
         }) => {
             let dir = state::dir(cli.state_dir)?;
@@ -703,6 +881,7 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                     "{}",
                     serde_json::json!({
                         "peer_id": kp.peer_id().to_string(),
+                        "libp2p_id": p2p::addr::to_libp2p(&kp.peer_id()).map(|p| p.to_string()),
                         "key_file": key_file.display().to_string(),
                         "created": created,
                     })

@@ -251,6 +251,7 @@ pub fn launch(client: &Client, tor_dir: &Path, port: u16, stats: Arc<TorStats>) 
         .context("the onion service has no address")?
         .display_unredacted()
         .to_string();
+    crate::logs::own(address.clone());
     // Noted for `beam tor client add`, which prints the client's whole key line.
     if let Err(e) = std::fs::write(clients::address_file(tor_dir), format!("{address}\n")) {
         tracing::warn!(error = %e, "cannot note the onion address");

@@ -521,6 +521,13 @@ impl Gossip {
         }
     }
 
+    /// Forgets every peer and the mesh (`beam network reset`); the messages seen stay seen.
+    pub fn forget_peers(&mut self) {
+        self.peers.clear();
+        self.mesh.clear();
+        self.pending.clear();
+    }
+
     /// Publishes `payload` on `topic`; returns the id every receiver's event carries. The
     /// message is pushed to the mesh (or, before there is one, to `mesh_n` known peers).
     pub fn publish(

@@ -129,6 +129,15 @@ pub struct RoutePlan {
     pub reachable: bool,
 }
 
+/// What [`Node::forget_network`] forgot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Forgotten {
+    /// Contacts in the DHT routing table.
+    pub contacts: usize,
+    /// Relays whose trust the router had learned.
+    pub trusted_relays: usize,
+}
+
 /// Counters of the node's traffic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -456,6 +465,20 @@ impl Node {
     /// Whether the node believes others can dial it.
     pub fn is_reachable(&self) -> bool {
         self.config.reachable
+    }
+
+    /// Forgets the network, keeping the identity (`beam network reset`): the DHT's contacts
+    /// and size samples, the relays' trust, the gossip peers. The records this node publishes
+    /// are kept (and go out again when the driver bootstraps anew); so are the relays a
+    /// NATed service's record names, until it is published again.
+    pub fn forget_network(&mut self) -> Forgotten {
+        if let Some(g) = &mut self.gossip {
+            g.forget_peers();
+        }
+        Forgotten {
+            contacts: self.dht.forget_contacts(),
+            trusted_relays: self.router.forget(),
+        }
     }
 
     /// A hole punch to `service` worked (the driver's DCUtR): routes to it go direct now.

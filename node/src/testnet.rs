@@ -1317,3 +1317,49 @@ fn record_searches_take_the_newest_of_several_copies() {
         "stale with the newest of 3: {newest_of_3} (first copy: {first})"
     );
 }
+
+#[test]
+fn a_node_that_forgets_the_network_keeps_its_identity_and_rejoins() {
+    let mut net = TestNet::grow(
+        9,
+        40,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+        |_| {},
+    );
+    let i = 39;
+    let id = net.node(i).peer_id();
+    let before = net.node(i).dht().table().len();
+    assert!(before > 3, "joined: {before} contacts");
+    let forgotten = net.with(i, |node, _| node.forget_network());
+    assert_eq!(forgotten.contacts, before);
+    assert!(net.node(i).dht().table().is_empty());
+    assert_eq!(net.node(i).dht().size_estimate(), None);
+    // Rejoining from one contact fills the table again; the identity never changed.
+    let c = net.contact(0);
+    net.with(i, |node, now| node.bootstrap(now, [c]));
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.node(i).peer_id(), id);
+    let after = net.node(i).dht().table().len();
+    assert!(after > 3, "rejoined: {after} contacts");
+    // Its lookups are exact again.
+    for _ in 0..10 {
+        let target = net.random_key();
+        let q = net
+            .with(i, |n, now| n.lookup(now, target))
+            .expect("started");
+        net.run_for(Duration::from_secs(5));
+        let found = net
+            .take_events()
+            .into_iter()
+            .find_map(|(at, _, e)| match e {
+                Event::Dht(dht::Event::Lookup { id, closest, .. }) if at == i && id == q => {
+                    Some(closest.iter().map(|c| c.peer).collect::<Vec<_>>())
+                }
+                _ => None,
+            })
+            .expect("the lookup finished");
+        assert_eq!(found, net.true_closest(&target, 20, i));
+    }
+}

@@ -371,6 +371,46 @@ fn a_service_behind_a_nat_is_reached_from_behind_another_through_a_relay() {
     let route2 = client.wait_for("connection 2:", T);
     eprintln!("NAT→NAT second connection: {route2}; DCUtR hole punch: {punched}; fetch {second}");
 
+    // `beam network test connectivity` on both sides: private, the service reserved on a
+    // relay, and the client's hole-punch count agrees with what it printed.
+    let connectivity = |ns: &str, dir: &TempDir| -> serde_json::Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(beam_e2e::beam_bin())
+            .args([
+                "--state-dir",
+                dir.path(),
+                "network",
+                "test",
+                "connectivity",
+                "--json",
+            ])
+            .output()
+            .expect("run beam network test connectivity");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let sc = connectivity(&t.ns("h1"), &dirs[3]);
+    assert_eq!(sc["reachability"], "private", "{sc}");
+    assert!(sc["reservations"].as_u64() >= Some(1), "{sc}");
+    assert!(
+        sc["observed"]
+            .as_object()
+            .is_some_and(|o| o.keys().all(|a| a.starts_with("/ip4/10.77.1.2/"))),
+        "peers see the service at its NAT's public address: {sc}"
+    );
+    // Masquerade keeps the listen port the TCP dials leave from: two peers see one port.
+    assert_eq!(sc["mapping"], "endpoint-independent", "{sc}");
+    let cc = connectivity(&t.ns("h2"), &cdir);
+    let punches = cc["hole_punches"]["succeeded"].as_u64().unwrap_or(0);
+    assert_eq!(punches >= 1, punched, "{cc}");
+    eprintln!("connectivity: service {sc}; client {cc}");
+
     eprintln!("{:.2} waiting for the hold", beam_e2e::since_start());
     let held = hold.join().expect("hold thread");
     assert_eq!(

@@ -34,6 +34,8 @@ pub mod by_address;
 pub mod frame;
 pub mod inspect;
 pub mod limit;
+pub mod nat;
+pub mod probe;
 pub mod tunnel;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -423,6 +425,21 @@ enum Cmd {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     #[cfg_attr(not(feature = "tor"), allow(dead_code))]
     SetTorAddress(Option<String>),
+    Connectivity(oneshot::Sender<nat::Connectivity>),
+    Reconnect(bool, oneshot::Sender<Reconnected>),
+}
+
+/// What [`Handle::reconnect`] did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Reconnected {
+    /// Peers disconnected.
+    pub disconnected: usize,
+    /// Bootstrap peers being dialled again.
+    pub bootstrap: usize,
+    /// With `forget`: what the core forgot.
+    pub forgotten: Option<beam_node::Forgotten>,
+    /// Peers' listen addresses forgotten (with `forget`).
+    pub addresses_forgotten: usize,
 }
 
 /// The running node, as the rest of the binary sees it. Cloning is cheap.
@@ -524,6 +541,19 @@ impl Handle {
     /// A snapshot of the node.
     pub async fn status(&self) -> Result<Status> {
         self.ask(Cmd::Status).await
+    }
+
+    /// Reachability, the NAT's mapping, hole punching (`beam network test connectivity`).
+    pub async fn connectivity(&self) -> Result<nat::Connectivity> {
+        self.ask(Cmd::Connectivity).await
+    }
+
+    /// Drops every connection and joins again from the bootstrap peers, keeping the identity
+    /// (`beam network restart`); with `forget`, also forgets the routing table, the relays'
+    /// trust and peers' addresses first (`beam network reset`). The service is published
+    /// again once joined.
+    pub async fn reconnect(&self, forget: bool) -> Result<Reconnected> {
+        self.ask(|tx| Cmd::Reconnect(forget, tx)).await
     }
 
     /// Puts the service's `.onion` address into its signed record (or takes it out) and
@@ -737,6 +767,9 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         rtts: handle.rtts.clone(),
         dht_recent: std::collections::VecDeque::new(),
         public: None,
+        observed: BTreeMap::new(),
+        punches: nat::Punches::default(),
+        reservations: 0,
         rate_samples: std::collections::VecDeque::new(),
         last_wall_clock: now,
     };
@@ -812,6 +845,11 @@ struct Driver {
     dht_recent: std::collections::VecDeque<bool>,
     /// AutoNAT's verdict (`None`: not decided).
     public: Option<bool>,
+    /// The address each peer saw this node at (identify), at most [`nat::MAX_OBSERVATIONS`].
+    observed: BTreeMap<libp2p::PeerId, Multiaddr>,
+    punches: nat::Punches,
+    /// Relay reservations accepted.
+    reservations: u64,
     /// Tunnel byte counters (in, out) sampled at each housekeeping tick, over [`RATE_WINDOW`].
     rate_samples: std::collections::VecDeque<(Instant, u64, u64)>,
     last_wall_clock: Instant,
@@ -1013,6 +1051,9 @@ impl Driver {
         let now = Instant::now();
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
+                if let Some(ip) = addr::ip_of(&address) {
+                    crate::logs::own(ip.to_string());
+                }
                 if self.policy.usable(&address) {
                     self.listen.insert(address.clone());
                 }
@@ -1061,6 +1102,11 @@ impl Driver {
                     return;
                 }
                 self.flush_pending(peer_id);
+                for b in &mut self.bootstrap {
+                    if b.id == Some(peer_id) {
+                        b.connected = false;
+                    }
+                }
                 self.remote_ip.remove(&peer_id);
                 self.remote_addr.remove(&peer_id);
                 self.locations.remove(&peer_id);
@@ -1121,6 +1167,15 @@ impl Driver {
                     autonat::NatStatus::Unknown => return,
                 };
                 self.public = Some(public);
+                if let Some(ip) = self
+                    .swarm
+                    .behaviour()
+                    .autonat
+                    .public_address()
+                    .and_then(addr::ip_of)
+                {
+                    crate::logs::own(ip.to_string());
+                }
                 if public != self.node.is_reachable() {
                     self.node.set_reachable(now, public);
                     self.republish = true;
@@ -1134,6 +1189,7 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
             )) => {
+                self.reservations += 1;
                 if let Some(relay) = from_libp2p(&relay_peer_id) {
                     let _ = self.notices.send(Notice::Reserved { relay });
                 }
@@ -1163,17 +1219,20 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
                 remote_peer_id,
                 result,
-            })) => {
-                if let Some(peer) = from_libp2p(&remote_peer_id) {
-                    match result {
-                        Ok(_) => {
-                            self.node.punched(peer);
-                            let _ = self.notices.send(Notice::HolePunched { peer });
-                        }
-                        Err(e) => tracing::debug!(error = %e, "hole punch failed"),
+            })) => match result {
+                Ok(_) => {
+                    self.punches.succeeded += 1;
+                    if let Some(peer) = from_libp2p(&remote_peer_id) {
+                        self.node.punched(peer);
+                        let _ = self.notices.send(Notice::HolePunched { peer });
                     }
                 }
-            }
+                Err(e) => {
+                    tracing::debug!(error = %e, "hole punch failed");
+                    self.punches.failed += 1;
+                    self.punches.last_error = Some(first_line(&e.to_string()));
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -1202,6 +1261,17 @@ impl Driver {
                 });
                 if let Some(a) = usable.into_iter().next() {
                     self.known_addr.insert(peer_id, a);
+                }
+                // Over a relay, the address seen is the circuit's: it says nothing of a NAT.
+                let circuit = info
+                    .observed_addr
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+                if !circuit
+                    && (self.observed.len() < nat::MAX_OBSERVATIONS
+                        || self.observed.contains_key(&peer_id))
+                {
+                    self.observed.insert(peer_id, info.observed_addr.clone());
                 }
                 match declared_location(&info.agent_version) {
                     Some(at) => self.locations.insert(peer_id, at),
@@ -1285,6 +1355,40 @@ impl Driver {
         }
     }
 
+    /// See [`Handle::reconnect`].
+    fn reconnect(&mut self, now: Instant, forget: bool) -> Reconnected {
+        let forgotten = forget.then(|| self.node.forget_network());
+        let peers: Vec<libp2p::PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in &peers {
+            let _ = self.swarm.disconnect_peer_id(*p);
+        }
+        let addresses_forgotten = if forget {
+            self.dht_recent.clear();
+            self.observed.clear();
+            std::mem::take(&mut self.known_addr).len()
+        } else {
+            0
+        };
+        self.writers.clear();
+        self.awaiting_dial.clear();
+        self.reserving.clear();
+        for b in &mut self.bootstrap {
+            b.connected = false;
+            b.next_try = now;
+        }
+        // Joined again when a bootstrap peer answers (at once when there is none); the service
+        // record goes out again then.
+        self.joined = false;
+        self.republish = true;
+        tracing::info!(disconnected = peers.len(), forget, "reconnecting");
+        Reconnected {
+            disconnected: peers.len(),
+            bootstrap: self.bootstrap.len(),
+            forgotten,
+            addresses_forgotten,
+        }
+    }
+
     fn dial_bootstrap(&mut self, now: Instant) {
         if self.bootstrap.is_empty() && !self.joined {
             self.joined = true;
@@ -1307,11 +1411,19 @@ impl Driver {
                 None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
             };
             let addr = b.addr.clone();
-            if let Err(e) = self.swarm.dial(opts) {
-                let _ = self.notices.send(Notice::BootstrapUnreachable {
-                    addr,
-                    error: e.to_string(),
-                });
+            match self.swarm.dial(opts) {
+                Ok(()) => {}
+                // Connected or being dialled already (a connection still closing after a
+                // reconnect): try again at the next tick.
+                Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                    self.bootstrap[i].next_try = now;
+                }
+                Err(e) => {
+                    let _ = self.notices.send(Notice::BootstrapUnreachable {
+                        addr,
+                        error: e.to_string(),
+                    });
+                }
             }
         }
     }
@@ -1600,6 +1712,26 @@ impl Driver {
                 });
                 let _ = tx.send(peers);
             }
+            Cmd::Connectivity(tx) => {
+                let mut observed = BTreeMap::new();
+                for a in self.observed.values() {
+                    *observed.entry(a.to_string()).or_insert(0) += 1;
+                }
+                let autonat = &self.swarm.behaviour().autonat;
+                let _ = tx.send(nat::Connectivity {
+                    reachability: reachability(self.public),
+                    public_address: autonat.public_address().map(|a| a.to_string()),
+                    confidence: autonat.confidence(),
+                    mapping: nat::mapping(self.public, self.observed.values()),
+                    observed,
+                    hole_punches: self.punches.clone(),
+                    reservations: self.reservations,
+                    listen: self.listen.iter().map(|a| a.to_string()).collect(),
+                });
+            }
+            Cmd::Reconnect(forget, tx) => {
+                let _ = tx.send(self.reconnect(now, forget));
+            }
             Cmd::Status(tx) => {
                 let (rate_in_bps, rate_out_bps) = self.rate();
                 let _ = tx.send(Status {
@@ -1631,11 +1763,7 @@ impl Driver {
                     },
                     rate_in_bps,
                     rate_out_bps,
-                    reachability: match self.public {
-                        Some(true) => "public",
-                        Some(false) => "private",
-                        None => "unknown",
-                    },
+                    reachability: reachability(self.public),
                     bootstrap_connected: self.bootstrap.iter().filter(|b| b.connected).count(),
                     bootstrap_known: self.bootstrap.len(),
                     location: self.location.map(|(lat, lon)| [lat, lon]),
@@ -1643,6 +1771,14 @@ impl Driver {
                 });
             }
         }
+    }
+}
+
+fn reachability(public: Option<bool>) -> &'static str {
+    match public {
+        Some(true) => "public",
+        Some(false) => "private",
+        None => "unknown",
     }
 }
 

@@ -177,6 +177,13 @@ impl KBucketTable {
         self.len
     }
 
+    /// Empties the table and its replacement caches (`beam network reset`).
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+        self.per_subnet.clear();
+        self.len = 0;
+    }
+
     /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -609,6 +609,20 @@ impl Dht {
         self.owned.remove(key).is_some()
     }
 
+    /// Forgets every contact (the routing table, its replacement caches) and the samples the
+    /// network-size estimate and RTTs came from. Keeps the records this node publishes and
+    /// the records it holds for others (they expire on their own). The next
+    /// [`bootstrap`](Dht::bootstrap) joins afresh. Returns how many contacts were forgotten.
+    pub fn forget_contacts(&mut self) -> usize {
+        let n = self.table.len();
+        self.table.clear();
+        self.size_samples.clear();
+        self.rtt_samples.clear();
+        self.refresh_round = None;
+        self.rebootstrap = None;
+        n
+    }
+
     fn sign_owned(&self, what: &Publish, seq: u64, now: Instant) -> Record {
         let expires = self.unix_time(now) + self.config.record_ttl.as_secs();
         match what {

@@ -595,6 +595,15 @@ impl Router {
         self.punched.insert(service);
     }
 
+    /// Forgets what routes taught: every relay's trust and the services a hole punch reached.
+    /// Returns how many relays' trust was forgotten.
+    pub fn forget(&mut self) -> usize {
+        let n = self.trust.len();
+        self.trust.clear();
+        self.punched.clear();
+        n
+    }
+
     /// Whether this node relays for others.
     pub fn set_relay(&mut self, relay: bool) {
         self.config.relay = relay;
