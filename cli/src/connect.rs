@@ -291,6 +291,7 @@ pub fn outgoing(
     strategy: Strategy,
     failed: usize,
     setup: Duration,
+    route_rtt: Duration,
 ) -> Info {
     let via: Vec<String> = route.relays.iter().map(|(p, _)| p.short()).collect();
     let (kind, why) = match route.relays.len() {
@@ -339,6 +340,8 @@ pub fn outgoing(
         why,
         setup_ms: inspect::ms(setup),
         first_hop_rtt_ms: handle.rtt(first_hop).map(inspect::ms),
+        route_rtt_ms: Some(inspect::ms(route_rtt)),
+        predicted_direct_ms: route.predicted_direct.map(inspect::ms),
     }
 }
 
@@ -417,6 +420,7 @@ impl Forwarder {
                     self.strategy,
                     failed,
                     started.elapsed(),
+                    opened.route_rtt,
                 ));
                 let next_nonce = u64::from(!route.relays.is_empty());
                 tunnel::carry(handle, tcp, opened.tunnel, next_nonce, &tracked.conn).await;
@@ -459,6 +463,8 @@ impl Forwarder {
                                     why: format!("no P2P route ({e}): the Tor fallback"),
                                     setup_ms: inspect::ms(started.elapsed()),
                                     first_hop_rtt_ms: None,
+                                    route_rtt_ms: None,
+                                    predicted_direct_ms: None,
                                 });
                                 let (down, up) = crate::tor::splice(stream, tcp).await;
                                 tracked.conn.set_bytes(down, up);

@@ -103,7 +103,8 @@ pub async fn run(json: bool) -> Result<()> {
         let addr = local.local_addr()?;
         let h = client.clone();
         let sealed = !route.relays.is_empty();
-        let info = crate::connect::outgoing(&client, &route, strategy, failed, setup);
+        let info =
+            crate::connect::outgoing(&client, &route, strategy, failed, setup, opened.route_rtt);
         tokio::spawn(async move {
             if let Ok((tcp, _)) = local.accept().await {
                 let tracked = h.connections.track(info);

@@ -385,6 +385,15 @@ enum NetworkCommand {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// What the running node's measurements add up to: peers and the network's size, DHT
+    /// health, where peers say they are (regions, spread), a latency map (RTT per region, and
+    /// against the speed of light in fibre from here), and routing efficiency: each outgoing
+    /// tunnel's route RTT ÷ the direct RTT network coordinates predict, per route kind.
+    Analyze {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// What this node gives the network: circuits relayed for others, the distinct peers they
     /// came from, bytes relayed, tunnels served, uptime.
     MyStats {
@@ -856,6 +865,12 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Some(Command::Network {
+            command: NetworkCommand::Analyze { json },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(network::analyze(&dir, json))
         }
         Some(Command::Network {
             command: NetworkCommand::MyStats { json },

@@ -462,3 +462,237 @@ pub fn write_report(text: &str, output: Option<&Path>, prefix: &str) -> Result<O
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Some(path))
 }
+
+/// The speed of light in optical fibre, km per ms (about two thirds of c): a direct RTT is at
+/// least `2 × distance ÷ this`.
+const FIBRE_KM_PER_MS: f64 = 200.0;
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn lat_lon(v: &serde_json::Value) -> Option<(f64, f64)> {
+    Some((v.get(0)?.as_f64()?, v.get(1)?.as_f64()?))
+}
+
+/// `beam network analyze`: what the running node's measurements add up to.
+pub async fn analyze(state_dir: &Path, json: bool) -> Result<()> {
+    let status = control::ask(state_dir, &Request::Status, ASK).await?;
+    let peers = control::ask(state_dir, &Request::Peers, ASK).await?;
+    let conns = control::ask(state_dir, &Request::Connections, ASK).await?;
+    let p = &status["status"]["p2p"];
+    let peers = peers["peers"].as_array().cloned().unwrap_or_default();
+    let here = lat_lon(&p["location"]);
+
+    // Where the peers are (their word).
+    let placed: Vec<(f64, f64, &serde_json::Value)> = peers
+        .iter()
+        .filter_map(|x| lat_lon(&x["location"]).map(|(a, b)| (a, b, x)))
+        .collect();
+    let mut regions: std::collections::BTreeMap<String, (usize, Vec<f64>, Vec<f64>)> =
+        Default::default();
+    for (lat, lon, x) in &placed {
+        let (region, _, _) = beam_node::geo::nearest_city(*lat, *lon);
+        let e = regions.entry(region.name().to_string()).or_default();
+        e.0 += 1;
+        if let Some(rtt) = x["rtt_ms"].as_f64() {
+            e.1.push(rtt);
+            if let Some((hl, ho)) = here {
+                let km = beam_node::geo::haversine_km(hl, ho, *lat, *lon);
+                let floor = 2.0 * km / FIBRE_KM_PER_MS;
+                // Within ~50 km the floor is under half a millisecond: processing dominates.
+                if km >= 50.0 {
+                    e.2.push(rtt / floor);
+                }
+            }
+        }
+    }
+    let mut farthest: Option<(f64, String, String)> = None;
+    for (i, a) in placed.iter().enumerate() {
+        for b in &placed[i + 1..] {
+            let km = beam_node::geo::haversine_km(a.0, a.1, b.0, b.1);
+            if farthest.as_ref().is_none_or(|f| km > f.0) {
+                let name = |x: &serde_json::Value| {
+                    x["peer"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .chars()
+                        .skip(7)
+                        .take(8)
+                        .collect::<String>()
+                };
+                farthest = Some((km, name(a.2), name(b.2)));
+            }
+        }
+    }
+    let mut from_here: Vec<f64> = here
+        .map(|(hl, ho)| {
+            placed
+                .iter()
+                .map(|(a, b, _)| beam_node::geo::haversine_km(hl, ho, *a, *b))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    // Routing efficiency: route RTT ÷ predicted direct RTT, per route kind.
+    let mut by_kind: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut unmeasured = 0usize;
+    let mut outgoing = 0usize;
+    for c in conns["connections"].as_array().into_iter().flatten() {
+        if c["direction"] != "out" {
+            continue;
+        }
+        outgoing += 1;
+        match (
+            c["route_rtt_ms"].as_f64(),
+            c["predicted_direct_ms"].as_f64(),
+        ) {
+            (Some(r), Some(d)) if d > 0.0 => by_kind
+                .entry(c["kind"].as_str().unwrap_or("?").to_string())
+                .or_default()
+                .push(r / d),
+            _ => unmeasured += 1,
+        }
+    }
+    let mut all: Vec<f64> = by_kind.values().flatten().copied().collect();
+    let efficiency = json!({
+        "outgoing_connections": outgoing,
+        "measured": all.len(),
+        "unmeasured": unmeasured,
+        "median": median(&mut all),
+        "by_kind": by_kind.iter_mut().map(|(k, v)| (k.clone(), json!({"n": v.len(), "median": median(v)}))).collect::<serde_json::Map<_, _>>(),
+    });
+    let region_rows: Vec<serde_json::Value> = regions
+        .iter_mut()
+        .map(|(name, (n, rtts, ratios))| {
+            json!({"region": name, "peers": n, "rtt_p50_ms": median(rtts), "rtt_over_fibre_p50": median(ratios)})
+        })
+        .collect();
+    let out = json!({
+        "peers_connected": p["peers_connected"],
+        "routing_table": p["routing_table"],
+        "network_size_estimate": p["network_size_estimate"],
+        "peer_rtt_p50_ms": p["peer_rtt_p50_ms"],
+        "dht_health": p["dht_health"],
+        "dht_operations": p["dht_operations"],
+        "geography": {
+            "declared": placed.len(),
+            "undeclared": peers.len() - placed.len(),
+            "here": p["location"],
+            "regions": region_rows,
+            "farthest_pair_km": farthest.as_ref().map(|f| f.0.round()),
+            "median_distance_from_here_km": median(&mut from_here).map(f64::round),
+        },
+        "routing_efficiency": efficiency,
+    });
+    if json {
+        println!("{out}");
+        return Ok(());
+    }
+    let est = p["network_size_estimate"]
+        .as_f64()
+        .map_or("not measured yet".into(), |e| format!("~{e:.0} peers"));
+    println!(
+        "peers:               {} connected, {} in the routing table; network {est}",
+        p["peers_connected"], p["routing_table"]
+    );
+    println!(
+        "DHT health:          {}",
+        p["dht_health"]
+            .as_f64()
+            .map_or("no operation yet".into(), |h| format!(
+                "{:.0} % of the last {} operations reached their goal",
+                h * 1e2,
+                p["dht_operations"]
+            ))
+    );
+    println!(
+        "geographic spread:   {} of {} peers declared a place{}",
+        placed.len(),
+        peers.len(),
+        farthest.as_ref().map_or(String::new(), |f| format!(
+            "; farthest apart {:.0} km ({} – {})",
+            f.0, f.1, f.2
+        ))
+    );
+    match &out["geography"]["median_distance_from_here_km"] {
+        serde_json::Value::Number(km) => {
+            println!(
+                "                     median {:.0} km from here",
+                km.as_f64().unwrap_or(0.0)
+            );
+        }
+        _ if here.is_none() => println!(
+            "                     (declare this node's place with --location to measure distances from here)"
+        ),
+        _ => {}
+    }
+    if !region_rows.is_empty() {
+        println!("latency map:         region            peers  RTT p50   RTT ÷ fibre minimum");
+        for r in &region_rows {
+            let rtt = r["rtt_p50_ms"]
+                .as_f64()
+                .map_or("   –    ".into(), |v| format!("{v:6.1} ms"));
+            let ratio = r["rtt_over_fibre_p50"]
+                .as_f64()
+                .map_or("–".into(), |v| format!("{v:.2}×"));
+            println!(
+                "                     {:<17} {:>5}  {rtt}  {ratio}",
+                r["region"].as_str().unwrap_or("?"),
+                r["peers"]
+            );
+        }
+        if region_rows
+            .iter()
+            .any(|r| r["rtt_over_fibre_p50"].as_f64().is_some_and(|v| v < 1.0))
+        {
+            println!(
+                "                     (below 1×: faster than light in fibre allows, so those \
+                 peers are nearer than they declare, or this node's --location is wrong)"
+            );
+        }
+    }
+    let e = &out["routing_efficiency"];
+    match e["median"].as_f64() {
+        Some(m) => {
+            let kinds: Vec<String> = e["by_kind"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| {
+                    format!(
+                        "{k} {:.2} (n={})",
+                        v["median"].as_f64().unwrap_or(f64::NAN),
+                        v["n"]
+                    )
+                })
+                .collect();
+            println!(
+                "routing efficiency:  {m:.2} (median route RTT ÷ predicted direct RTT over {} connections: {}){}",
+                e["measured"],
+                kinds.join(", "),
+                if unmeasured > 0 {
+                    format!("; {unmeasured} not measured (no coordinates yet)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        None if outgoing == 0 => println!(
+            "routing efficiency:  no outgoing tunnel yet (it is measured on `beam connect` tunnels)"
+        ),
+        None => println!(
+            "routing efficiency:  not measured: {outgoing} outgoing connections, none with network coordinates on both ends yet"
+        ),
+    }
+    Ok(())
+}

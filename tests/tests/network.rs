@@ -432,3 +432,127 @@ fn diagnose_reports_versions_config_status_and_recent_warnings_without_secrets()
         text(&d)
     );
 }
+
+#[test]
+fn analyze_adds_up_the_peers_places_and_the_routes_taken() {
+    let bd = TempDir::new("boot");
+    let mut b = Beam::start(
+        "boot",
+        &[
+            "node",
+            "--p2p-full",
+            "--location",
+            "Frankfurt",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--state-dir",
+            bd.path(),
+        ],
+    );
+    let boot_addr = listen_addr(&b.wait_for("listening ", T));
+    let mut relays = vec![];
+    let mut dirs = vec![];
+    for (i, place) in ["Tokyo", "Sao Paulo", ""].iter().enumerate() {
+        let d = TempDir::new(&format!("relay{i}"));
+        let mut args = vec![
+            "node",
+            "--p2p-routing",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &boot_addr,
+            "--state-dir",
+            d.path(),
+        ];
+        if !place.is_empty() {
+            args.extend(["--location", place]);
+        }
+        let mut r = Beam::start(&format!("relay{i}"), &args);
+        r.wait_for("joined the network", T);
+        relays.push(r);
+        dirs.push(d);
+    }
+    let web = HttpServer::start(Arc::new(b"far".to_vec()));
+    let sd = TempDir::new("svc");
+    let port = web.port.to_string();
+    let mut svc = Beam::start(
+        "svc",
+        &[
+            &port,
+            "--name",
+            "far",
+            "--location",
+            "New York",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &boot_addr,
+            "--state-dir",
+            sd.path(),
+        ],
+    );
+    svc.wait_for("published name far", T);
+    let cd = TempDir::new("client");
+    let local = free_port();
+    let mut c = Beam::start(
+        "client",
+        &[
+            "connect",
+            "far",
+            "--strategy",
+            "multi-hop",
+            "--port",
+            &local.to_string(),
+            "--location",
+            "-33.87,151.21",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &boot_addr,
+            "--state-dir",
+            cd.path(),
+        ],
+    );
+    c.wait_for("listening on 127.0.0.1", T);
+    for _ in 0..3 {
+        assert_eq!(http_get_retry(local, T).body, b"far");
+    }
+    c.wait_for("connection 3:", T);
+    let o = beam(&cd, &["network", "analyze", "--json"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let g = &v["geography"];
+    let connected = v["peers_connected"].as_u64().expect("peers");
+    assert_eq!(
+        g["declared"].as_u64().expect("declared") + g["undeclared"].as_u64().expect("undeclared"),
+        connected,
+        "{v}"
+    );
+    // The client's places: Sydney; the farthest pair among its peers is at least
+    // Frankfurt–Tokyo's ~9,300 km if both are connected, and every region is one of the places.
+    assert_eq!(g["here"][0].as_f64(), Some(-33.87), "{v}");
+    for r in g["regions"].as_array().expect("regions") {
+        assert!(
+            ["Europe", "Asia", "South America", "North America"]
+                .contains(&r["region"].as_str().expect("region")),
+            "{v}"
+        );
+    }
+    let e = &v["routing_efficiency"];
+    assert_eq!(e["outgoing_connections"], 3, "{v}");
+    assert_eq!(
+        e["measured"].as_u64().expect("measured") + e["unmeasured"].as_u64().expect("unmeasured"),
+        3,
+        "{v}"
+    );
+    if let Some(m) = e["by_kind"]["multi-hop"]["median"].as_f64() {
+        assert!(m.is_finite() && m > 0.0, "{v}");
+    }
+    let human = beam(&cd, &["network", "analyze"], &[]);
+    assert!(
+        text(&human).contains("routing efficiency:"),
+        "{}",
+        text(&human)
+    );
+    drop(relays);
+}

@@ -60,6 +60,13 @@ pub struct Info {
     pub setup_ms: f64,
     /// The libp2p ping RTT of the connection to the first hop, when measured.
     pub first_hop_rtt_ms: Option<f64>,
+    /// Outgoing: one round trip over the route once it was up (see `tunnel::Opened`).
+    #[serde(default)]
+    pub route_rtt_ms: Option<f64>,
+    /// Outgoing: the direct RTT to the service that network coordinates predict (this node's
+    /// and those in the service's record), when both are known.
+    #[serde(default)]
+    pub predicted_direct_ms: Option<f64>,
 }
 
 /// One tunnel connection.
@@ -212,6 +219,8 @@ mod tests {
             why: "test".into(),
             setup_ms: 1.0,
             first_hop_rtt_ms: None,
+            route_rtt_ms: None,
+            predicted_direct_ms: None,
         }
     }
 

@@ -373,10 +373,18 @@ fn declared_location(agent: &str) -> Option<(f64, f64)> {
     beam_node::geo::parse_lat_lon(text).ok()
 }
 
-/// `Europe (near Frankfurt)`: the region of the nearest city of beam's table.
+/// Farther than this from the nearest city of the table, a place is not "near" it.
+const FAR_FROM_CITY_KM: f64 = 500.0;
+
+/// `Europe (near Frankfurt)`: the region of the nearest city of beam's table (`Oceania
+/// (2140 km from Auckland)` when that city is far).
 pub fn region_of(lat: f64, lon: f64) -> String {
-    let (region, city, _) = beam_node::geo::nearest_city(lat, lon);
-    format!("{} (near {})", region.name(), city.name)
+    let (region, city, km) = beam_node::geo::nearest_city(lat, lon);
+    if km <= FAR_FROM_CITY_KM {
+        format!("{} (near {})", region.name(), city.name)
+    } else {
+        format!("{} ({km:.0} km from {})", region.name(), city.name)
+    }
 }
 
 /// Distinct peers [`Stats::helped`] counts at most.
@@ -400,6 +408,9 @@ pub struct Route {
     pub noise_key: Option<[u8; 32]>,
     /// Whether the service can be dialled (false behind a NAT: reach it through its relay).
     pub reachable: bool,
+    /// The direct RTT to the service that network coordinates predict (this node's, and
+    /// those in the service's record), when both are known.
+    pub predicted_direct: Option<Duration>,
 }
 
 enum Cmd {
@@ -1658,6 +1669,10 @@ impl Driver {
                             .collect(),
                         noise_key: record.noise_key,
                         reachable: p.reachable,
+                        predicted_direct: record.coordinates.as_ref().and_then(|c| {
+                            self.node.coordinates()?;
+                            Some(self.node.vivaldi().predict_to(c))
+                        }),
                     });
                 let _ = tx.send(plan);
             }

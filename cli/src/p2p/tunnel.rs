@@ -162,6 +162,10 @@ pub struct Opened {
     /// From asking for the tunnel to the service's status: one round trip of the route plus
     /// setup (stream negotiation; on relayed routes the handshake).
     pub setup: Duration,
+    /// The last setup exchange, once the route was up: one round trip of the route to the
+    /// service and back (and the service's connect to its local port). Direct: the hello and
+    /// its status; through relays: the handshake's last message and the status.
+    pub route_rtt: Duration,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -272,6 +276,7 @@ async fn open_direct(
     )
     .await?;
     let mut s = s.compat();
+    let sent = Instant::now();
     step("the service", async {
         s.write_all(&auth::hello(token)).await?;
         s.flush().await
@@ -279,10 +284,12 @@ async fn open_direct(
     .await?;
     let mut b = [0u8; 1];
     step("the service", s.read_exact(&mut b)).await?;
+    let route_rtt = sent.elapsed();
     match Status::from_byte(b[0]) {
         Status::Ok => Ok(Opened {
             tunnel: Tunnel::Plain(s),
             setup: start.elapsed(),
+            route_rtt,
         }),
         st => Err(OpenError::Refused(st)),
     }
@@ -348,18 +355,21 @@ async fn open_circuit(
     let (mut session, msg3) = init
         .finish(&msg2, &auth::hello(token))
         .map_err(|e| OpenError::Handshake(e.to_string()))?;
+    let sent = Instant::now();
     step("the service", async {
         frame::write(&mut s, &msg3).await?;
         s.flush().await
     })
     .await?;
     let status = read_handshake(&mut s).await?;
+    let route_rtt = sent.elapsed();
     let status =
         open_in_order(&mut session, &status, 0).map_err(|e| OpenError::Handshake(e.to_string()))?;
     match status.first().copied().map(Status::from_byte) {
         Some(Status::Ok) => Ok(Opened {
             tunnel: Tunnel::Sealed(s, Box::new(session)),
             setup: start.elapsed(),
+            route_rtt,
         }),
         Some(st) => Err(OpenError::Refused(st)),
         None => Err(OpenError::Refused(Status::Unknown(255))),
@@ -991,6 +1001,8 @@ fn incoming(
         why: why.into(),
         setup_ms: super::inspect::ms(started.elapsed()),
         first_hop_rtt_ms: handle.rtt_of(from).map(super::inspect::ms),
+        route_rtt_ms: None,
+        predicted_direct_ms: None,
     }
 }
 
