@@ -108,6 +108,11 @@ pub const KEYS: &[Spec] = &[
     },
     Spec {
         table: "p2p",
+        name: "caching",
+        kind: Kind::Bool,
+    },
+    Spec {
+        table: "p2p",
         name: "bootstrap",
         kind: Kind::Multiaddrs,
     },
@@ -210,6 +215,8 @@ pub struct Settings {
     pub relay_rate: f64,
     /// `p2p.mdns`.
     pub mdns: bool,
+    /// `p2p.caching`.
+    pub caching: bool,
     /// `p2p.bootstrap`.
     pub bootstrap: Vec<Multiaddr>,
     /// `p2p.location`: latitude and longitude (`None`: not declared).
@@ -247,6 +254,7 @@ impl Default for Settings {
             participation: None,
             relay_rate: 16.0,
             mdns: true,
+            caching: false,
             bootstrap: vec![],
             location: None,
             connections_per_peer: 8,
@@ -485,6 +493,7 @@ fn settings(doc: &DocumentMut) -> Result<Settings> {
                     .unwrap_or(s.relay_rate)
             }
             "p2p.mdns" => s.mdns = v.as_bool().unwrap_or(s.mdns),
+            "p2p.caching" => s.caching = v.as_bool().unwrap_or(s.caching),
             "history.sampleSeconds" => {
                 s.history_interval_s = v.as_integer().map_or(s.history_interval_s, |i| i as u32)
             }

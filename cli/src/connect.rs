@@ -398,8 +398,12 @@ impl Forwarder {
         let (handle, token) = (&self.handle, self.token.as_ref());
         let current = self.record.read().await.clone();
         let mut opened = open_with_failover(handle, &current, self.strategy, token).await;
-        if let Err(e) = &opened
-            && !e.is_the_services_answer()
+        let unreachable = matches!(&opened, Err(e) if !e.is_the_services_answer());
+        if unreachable {
+            // A cached copy (p2p.caching) may be the old record: ask the network.
+            handle.uncache(self.target.clone(), current.peer).await;
+        }
+        if unreachable
             && let Ok(Ok(fresh)) = handle.resolve(self.target.clone()).await
             && fresh.seq > current.seq
         {

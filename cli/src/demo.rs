@@ -191,6 +191,7 @@ async fn node(
         service,
         relay_rate: None,
         mdns: false,
+        caching: false,
         max_peers: crate::config::Settings::default().max_peers,
         limits: p2p::Limits::default(),
         location: None,

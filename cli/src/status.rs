@@ -79,6 +79,14 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
             )
         });
     println!("DHT health:    {health}");
+    let c = &p["cache"];
+    if c.is_object() {
+        println!(
+            "cache:         {} records held (p2p.caching); {} lookups answered from it, {} copies \
+             given to peers on lookup paths, {} taken, {} served",
+            c["copies"], c["hits"], c["pushed"], c["stored"], c["served"]
+        );
+    }
     let rtt = p["peer_rtt_p50_ms"]
         .as_f64()
         .map_or("not measured yet".to_string(), |r| format!("{r:.1} ms"));

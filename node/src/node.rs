@@ -390,6 +390,16 @@ impl Node {
         Ok(id)
     }
 
+    /// Drops the cached copies behind `what` (its name record, if a name, and `service`'s
+    /// record), so the next [`resolve`](Node::resolve) asks the network: for a client whose
+    /// route to the service failed (it may have moved). Nothing happens with caching off.
+    pub fn uncache(&mut self, what: &ServiceRef, service: &PeerId) {
+        if let ServiceRef::Name(n) = what {
+            self.dht.uncache(&Key::of_name(n));
+        }
+        self.dht.uncache(&service.key());
+    }
+
     fn on_resolve_step(&mut self, step: Step) {
         match step {
             Step::Done(id, result, stats) => {

@@ -209,6 +209,9 @@ pub enum RecordError {
     /// The holder's store is full.
     #[error("the holder's record store is full")]
     StoreFull,
+    /// Asked to cache a copy, by a peer that does not cache (`p2p.caching` off).
+    #[error("the peer does not cache records")]
+    NotCaching,
 }
 
 const SERVICE_DOMAIN: &[u8] = b"beam/service-record/v1";

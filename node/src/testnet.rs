@@ -1363,3 +1363,90 @@ fn a_node_that_forgets_the_network_keeps_its_identity_and_rejoins() {
         assert_eq!(found, net.true_closest(&target, 20, i));
     }
 }
+
+/// Runs `get_record` at `who`; its record and stats.
+fn get_with_stats(
+    net: &mut TestNet,
+    who: usize,
+    key: Key,
+) -> (Option<crate::record::Record>, dht::QueryStats) {
+    let id = net
+        .with(who, |n, now| n.get_record(now, key))
+        .expect("started");
+    net.run_for(Duration::from_secs(3));
+    for (i, _, e) in net.take_events() {
+        if let Event::Dht(dht::Event::GetRecord {
+            id: got,
+            record,
+            stats,
+            ..
+        }) = e
+            && i == who
+            && got == id
+        {
+            return (record, stats);
+        }
+    }
+    panic!("no GetRecord event");
+}
+
+#[test]
+fn with_caching_a_popular_record_is_found_in_fewer_requests() {
+    // One service, asked for by 95 nodes one after another, with and without caching.
+    let run = |caching: bool| {
+        let mut net = TestNet::grow(
+            33,
+            200,
+            None,
+            Duration::from_millis(20),
+            Duration::from_secs(10),
+            |c| c.cache = caching.then(dht::CacheConfig::default),
+        );
+        publish_service(&mut net, 5);
+        let key = net.ids[5].key();
+        let mut requests = 0usize;
+        let mut again = None;
+        for who in (10..200).step_by(2) {
+            let (r, stats) = get_with_stats(&mut net, who, key);
+            assert_eq!(r.map(|r| r.key()), Some(key), "node {who} found it");
+            requests += stats.requests;
+            if who == 10 {
+                // Asked again (within the cache's TTL), a caching node answers itself.
+                let (r, stats) = get_with_stats(&mut net, who, key);
+                assert_eq!(r.map(|r| r.key()), Some(key));
+                again = Some(stats);
+            }
+        }
+        let stats = again.expect("asked again");
+        let (hits, pushed, stored, served) = (0..200).fold((0, 0, 0, 0), |a, i| {
+            let s = net.node(i).dht().stats();
+            (
+                a.0 + s.cache_hits,
+                a.1 + s.cache_pushed,
+                a.2 + s.cache_stored,
+                a.3 + s.cache_served,
+            )
+        });
+        (requests, stats.requests, hits, pushed, stored, served)
+    };
+    let off = run(false);
+    let on = run(true);
+    eprintln!(
+        "requests for 95 searches, again, hits, pushed, stored, served: off {off:?}, on {on:?}"
+    );
+    assert_eq!(
+        (off.2, off.3, off.4, off.5),
+        (0, 0, 0, 0),
+        "nothing cached when off"
+    );
+    assert!(off.1 > 0, "without caching, asking again asks the network");
+    assert_eq!(
+        on.1, 0,
+        "with caching, asking again is answered from the cache"
+    );
+    assert!(on.2 >= 1 && on.3 > 0 && on.4 > 0 && on.5 > 0, "{on:?}");
+    assert!(
+        on.0 < off.0,
+        "cached copies on the paths end searches sooner: {on:?} vs {off:?}"
+    );
+}

@@ -140,6 +140,12 @@ pub enum Request {
         /// The signed record.
         record: Record,
     },
+    /// CACHE: keep a copy of this record for a while, and answer FIND_VALUE with it (a
+    /// resolver pushes what it found to the nearest peer on its path that did not have it).
+    Cache {
+        /// The signed record.
+        record: Record,
+    },
 }
 
 /// An answer to a DHT request.
@@ -249,7 +255,7 @@ fn check_record(r: &Record) -> Result<(), DecodeError> {
 fn check_bounds(msg: &Message) -> Result<(), DecodeError> {
     match msg {
         Message::Dht(DhtMessage::Request { body, .. }) => match body {
-            Request::Store { record } => check_record(record),
+            Request::Store { record } | Request::Cache { record } => check_record(record),
             Request::Ping | Request::FindNode { .. } | Request::FindValue { .. } => Ok(()),
         },
         Message::Route(RouteMessage::Forward {

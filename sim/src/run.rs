@@ -151,6 +151,8 @@ struct World {
     strategy: beam_node::routing::Strategy,
     /// `workload.republish_s`, when set.
     republish: Option<Duration>,
+    /// `dht.caching`.
+    caching: bool,
     /// The service the adversaries eclipse, if they do.
     eclipse: Option<usize>,
 }
@@ -194,6 +196,9 @@ impl World {
         config.dht.subnet_limits.limit_private = true;
         if let Some(every) = self.republish {
             config.dht.republish_interval = every;
+        }
+        if self.caching {
+            config.dht.cache = Some(beam_node::dht::CacheConfig::default());
         }
         let adversary = self.adversary[host].then(|| Rc::clone(&self.adversaries));
         let is_adversary = self.adversary[host];
@@ -299,6 +304,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         eclipse: ids.eclipse,
         republish: (scenario.workload.republish_s > 0)
             .then(|| Duration::from_secs(scenario.workload.republish_s)),
+        caching: scenario.dht.caching,
         strategy: match scenario.workload.strategy {
             Strategy::Direct => beam_node::routing::Strategy::Direct,
             Strategy::MultiHop => beam_node::routing::Strategy::MultiHop,
@@ -594,6 +600,8 @@ struct Workload {
     /// When the run ends: the last requests' deadline after measuring stops.
     end: Duration,
     services: Vec<(usize, PeerId)>,
+    /// `workload.popularity > 0`: the cumulative Zipf weights of the services, in order.
+    popularity: Option<Vec<f64>>,
     /// Requests and kills.
     wl_rng: ChaCha8Rng,
     churn_rng: ChaCha8Rng,
@@ -632,6 +640,16 @@ impl Workload {
                 .iter()
                 .map(|&h| (h, ids.keys[h].peer_id()))
                 .collect(),
+            popularity: (scenario.workload.popularity > 0.0).then(|| {
+                let s = scenario.workload.popularity;
+                let mut total = 0.0;
+                (0..cast.service_hosts.len())
+                    .map(|i| {
+                        total += 1.0 / ((i + 1) as f64).powf(s);
+                        total
+                    })
+                    .collect()
+            }),
             wl_rng: rng(seed, Stream::Workload),
             churn_rng: rng(seed, Stream::Churn),
             key_rng: rng(seed, Stream::Keys),
@@ -741,8 +759,16 @@ impl Workload {
         if self.services.is_empty() {
             return;
         }
-        let (service_host, service_id) =
-            self.services[self.wl_rng.random_range(0..self.services.len())];
+        let pick = match &self.popularity {
+            // Uniform: the draw the scenarios before `popularity` made (their rows stay).
+            None => self.wl_rng.random_range(0..self.services.len()),
+            Some(cum) => {
+                let total = cum.last().copied().unwrap_or(1.0);
+                let u = self.wl_rng.random_range(0.0..total);
+                cum.partition_point(|&c| c <= u).min(cum.len() - 1)
+            }
+        };
+        let (service_host, service_id) = self.services[pick];
         if w.current[service_host] != Some(service_id) {
             return;
         }

@@ -59,6 +59,8 @@ pub struct Scenario {
     pub nat: Nat,
     /// Services and the requests sent to them.
     pub workload: Workload,
+    /// DHT settings.
+    pub dht: Dht,
     /// Thresholds the CI gate checks this scenario's report row against.
     pub gate: Gate,
 }
@@ -78,6 +80,7 @@ impl Default for Scenario {
             adversary: Adversary::default(),
             nat: Nat::default(),
             workload: Workload::default(),
+            dht: Dht::default(),
             gate: Gate::default(),
         }
     }
@@ -313,6 +316,10 @@ pub struct Workload {
     /// Services republish their record every this many simulated seconds (0: the node's
     /// default, 1,200 s, longer than most runs; set it to make a stale copy stale).
     pub republish_s: u64,
+    /// How requests pick their service: Zipf's law with this exponent over the services
+    /// (0: uniformly; 1: the classic popularity curve, the first service asked ~1/H(n) of
+    /// the time).
+    pub popularity: f64,
 }
 
 impl Default for Workload {
@@ -322,8 +329,18 @@ impl Default for Workload {
             requests_per_s: 50.0,
             strategy: Strategy::Geographic,
             republish_s: 0,
+            popularity: 0.0,
         }
     }
+}
+
+/// `[dht]`: the nodes' DHT settings the scenario varies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dht {
+    /// Nodes cache the records they resolve and push them along the lookup path
+    /// (`p2p.caching`; `beam_node::dht::DhtConfig::cache` at its defaults).
+    pub caching: bool,
 }
 
 /// `[gate]`: thresholds the CI gate checks; absent keys are not checked.
@@ -592,6 +609,12 @@ impl Scenario {
             return Err(invalid(
                 "workload.requests_per_s",
                 format!(" = {}: must be 0 or more", num(w.requests_per_s)),
+            ));
+        }
+        if !(w.popularity.is_finite() && (0.0..=4.0).contains(&w.popularity)) {
+            return Err(invalid(
+                "workload.popularity",
+                format!(" = {}: must be from 0 (uniform) to 4", num(w.popularity)),
             ));
         }
         if let Some(min) = self.gate.min_routing_success {

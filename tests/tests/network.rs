@@ -556,3 +556,66 @@ fn analyze_adds_up_the_peers_places_and_the_routes_taken() {
     );
     drop(relays);
 }
+
+#[test]
+fn with_p2p_caching_a_client_keeps_the_records_it_resolved() {
+    let (_boot, boot_addr, _bd) = boot("127.0.0.1");
+    let web = HttpServer::start(Arc::new(b"cached".to_vec()));
+    let sd = TempDir::new("svc");
+    let port = web.port.to_string();
+    let mut svc = Beam::start(
+        "svc",
+        &[
+            &port,
+            "--name",
+            "popular",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &boot_addr,
+            "--state-dir",
+            sd.path(),
+        ],
+    );
+    svc.wait_for("published name popular", T);
+    let mut clients = vec![];
+    for caching in [true, false] {
+        let cd = TempDir::new("client");
+        let cfg = format!("{}/config.toml", cd.path());
+        std::fs::write(&cfg, format!("[p2p]\ncaching = {caching}\n")).expect("write");
+        let local = free_port();
+        let mut c = Beam::start_env(
+            "client",
+            &[
+                "connect",
+                "popular",
+                "--port",
+                &local.to_string(),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &boot_addr,
+                "--state-dir",
+                cd.path(),
+            ],
+            &[("BEAM_CONFIG", &cfg)],
+        );
+        c.wait_for("listening on 127.0.0.1", T);
+        assert_eq!(http_get_retry(local, T).body, b"cached");
+        let s: serde_json::Value = serde_json::from_str(&status_json(&cd)).expect("json");
+        let cache = &s["p2p"]["cache"];
+        if caching {
+            // The name record and the service record it led to.
+            assert_eq!(cache["copies"], 2, "{s}");
+            let human = beam(&cd, &["status"], &[]);
+            assert!(
+                text(&human).contains("cache:         2 records held (p2p.caching)"),
+                "{}",
+                text(&human)
+            );
+        } else {
+            assert!(cache.is_null(), "{s}");
+        }
+        clients.push((c, cd));
+    }
+}

@@ -130,6 +130,9 @@ pub struct Config {
     /// Where this node says it is (`--location`, `p2p.location`): latitude, longitude. Sent to
     /// peers in identify; `None` sends nothing.
     pub location: Option<(f64, f64)>,
+    /// `p2p.caching`: cache the records resolved and push copies along lookup paths
+    /// (`beam_node::dht::DhtConfig::cache`).
+    pub caching: bool,
 }
 
 /// Bounds on the tunnels and circuits peers can make this node hold.
@@ -329,6 +332,9 @@ pub struct Status {
     /// Where this node says it is (`--location`), `[lat, lon]`, and that place's region.
     pub location: Option<[f64; 2]>,
     pub region: Option<String>,
+    /// With `p2p.caching`: copies held, searches answered from them, copies pushed to and
+    /// taken from others, FIND_VALUEs answered from them; `None` when caching is off.
+    pub cache: Option<serde_json::Value>,
 }
 
 /// A connected peer, for `beam network peers`.
@@ -437,6 +443,7 @@ enum Cmd {
     #[cfg_attr(not(feature = "tor"), allow(dead_code))]
     SetTorAddress(Option<String>),
     Connectivity(oneshot::Sender<nat::Connectivity>),
+    Uncache(ServiceRef, beam_node::PeerId),
     Reconnect(bool, oneshot::Sender<Reconnected>),
 }
 
@@ -552,6 +559,12 @@ impl Handle {
     /// A snapshot of the node.
     pub async fn status(&self) -> Result<Status> {
         self.ask(Cmd::Status).await
+    }
+
+    /// Drops the cached copies behind `what` (`p2p.caching`): the next resolve asks the
+    /// network.
+    pub async fn uncache(&self, what: ServiceRef, service: beam_node::PeerId) {
+        let _ = self.cmd.send(Cmd::Uncache(what, service)).await;
     }
 
     /// Reachability, the NAT's mapping, hole punching (`beam network test connectivity`).
@@ -697,7 +710,10 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
     }
     let now = Instant::now();
     // Reachable until shown otherwise: the record's endpoints are what the service listens on.
-    let node_config = NodeConfig::new(config.participation);
+    let mut node_config = NodeConfig::new(config.participation);
+    if config.caching {
+        node_config.dht.cache = Some(dht::CacheConfig::default());
+    }
     let mut os_rng = rand::rngs::StdRng::from_os_rng();
     let mut node = Node::new(
         node_config,
@@ -1744,6 +1760,7 @@ impl Driver {
                     listen: self.listen.iter().map(|a| a.to_string()).collect(),
                 });
             }
+            Cmd::Uncache(what, service) => self.node.uncache(&what, &service),
             Cmd::Reconnect(forget, tx) => {
                 let _ = tx.send(self.reconnect(now, forget));
             }
@@ -1783,6 +1800,16 @@ impl Driver {
                     bootstrap_known: self.bootstrap.len(),
                     location: self.location.map(|(lat, lon)| [lat, lon]),
                     region: self.location.map(|(lat, lon)| region_of(lat, lon)),
+                    cache: self.node.dht().cache().map(|c| {
+                        let s = self.node.dht().stats();
+                        serde_json::json!({
+                            "copies": c.len(),
+                            "hits": s.cache_hits,
+                            "pushed": s.cache_pushed,
+                            "stored": s.cache_stored,
+                            "served": s.cache_served,
+                        })
+                    }),
                 });
             }
         }
@@ -2062,6 +2089,7 @@ mod tests {
             mdns: false,
             max_peers: 256,
             location: None,
+            caching: false,
             limits: Limits::default(),
         }
     }

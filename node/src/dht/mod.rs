@@ -34,7 +34,7 @@ use crate::record::{Addr, NameRecord, Record, RecordError, ServiceRecord};
 use crate::wire::{Contact, DhtMessage, Mode, Request, Response};
 use kbucket::{InsertOutcome, KBucketTable};
 use query::{ClosestPeersIter, Next};
-use store::RecordStore;
+use store::{RecordCache, RecordStore};
 
 /// DHT settings. `Default` is the production value.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,6 +88,29 @@ pub struct DhtConfig {
     /// Disjoint paths (S/Kademlia) of a publish's lookup, and of a record search that found
     /// nothing on one path and tries again (1: never).
     pub disjoint_paths: usize,
+    /// `p2p.caching`: keep copies of the records this node resolves, answer its own repeated
+    /// searches from them, and push each found record to the nearest peer on the search's
+    /// path that did not have it (Kademlia's caching), which keeps it for others; `None`: off.
+    pub cache: Option<CacheConfig>,
+}
+
+/// How records are cached (see [`DhtConfig::cache`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CacheConfig {
+    /// Most copies kept.
+    pub max_records: usize,
+    /// How long a copy is kept at most (a record that changed within it may be served old:
+    /// a client whose route fails drops its copy and searches again).
+    pub ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_records: 1024,
+            ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for DhtConfig {
@@ -115,6 +138,7 @@ impl Default for DhtConfig {
             subnet_limits: kbucket::SubnetLimits::default(),
             answer_per_subnet: 2,
             disjoint_paths: 3,
+            cache: None,
         }
     }
 }
@@ -240,12 +264,22 @@ pub struct DhtStats {
     pub requests_dropped: u64,
     /// Record searches that found nothing and searched again over disjoint paths.
     pub disjoint_searches: u64,
+    /// Record searches answered from this node's cache.
+    pub cache_hits: u64,
+    /// Copies pushed to a peer on a search's path.
+    pub cache_pushed: u64,
+    /// Copies taken from others into the cache.
+    pub cache_stored: u64,
+    /// FIND_VALUE requests answered from the cache.
+    pub cache_served: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Purpose {
     Query(QueryId),
     Ping,
+    /// A CACHE push (its answer only shows the peer is alive).
+    Cache,
 }
 
 #[derive(Debug)]
@@ -292,6 +326,8 @@ enum QueryKind {
         copies: usize,
         /// The search again over disjoint paths: the requests of the first search.
         earlier: Option<usize>,
+        /// The peers that answered with a valid copy (the cache push goes to another).
+        had: BTreeSet<PeerId>,
     },
     PutRecord {
         record: Record,
@@ -332,6 +368,8 @@ pub struct Dht {
     local: PeerId,
     table: KBucketTable,
     store: RecordStore,
+    /// `None` when caching is off.
+    cache: Option<RecordCache>,
     rng: ChaCha8Rng,
     epoch: Instant,
     unix_at_epoch: u64,
@@ -380,9 +418,13 @@ impl Dht {
         )
         .with_subnet_limits(config.subnet_limits);
         let store = RecordStore::new(config.max_records, config.max_record_ttl);
+        let cache = config
+            .cache
+            .map(|c| RecordCache::new(c.max_records, c.ttl, config.max_record_ttl));
         Self {
             table,
             store,
+            cache,
             keypair,
             local,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -507,8 +549,22 @@ impl Dht {
         self.start_query(now, target, QueryKind::Lookup(None))
     }
 
-    /// Starts a search for the record under `key`.
+    /// Starts a search for the record under `key` (answered at once from the cache when
+    /// caching is on and it holds a live copy).
     pub fn get_record(&mut self, now: Instant, key: Key) -> Result<QueryId, DhtError> {
+        let unix = self.unix_time(now);
+        let cached = self.cache.as_ref().and_then(|c| c.get(&key, unix)).cloned();
+        if let Some(r) = cached {
+            self.stats.cache_hits += 1;
+            let id = self.next_query_id();
+            self.events.push_back(Event::GetRecord {
+                id,
+                key,
+                record: Some(r),
+                stats: QueryStats::default(),
+            });
+            return Ok(id);
+        }
         if let Some(r) = self.owned_record_now(&key, now) {
             // Our own record: answer from memory, still through an event.
             let id = self.next_query_id();
@@ -527,8 +583,19 @@ impl Dht {
                 best: None,
                 copies: 0,
                 earlier: None,
+                had: BTreeSet::new(),
             },
         )
+    }
+
+    /// Drops the cached copy under `key`, if any (the next search asks the network).
+    pub fn uncache(&mut self, key: &Key) -> bool {
+        self.cache.as_mut().is_some_and(|c| c.remove(key))
+    }
+
+    /// The cache, when caching is on.
+    pub fn cache(&self) -> Option<&RecordCache> {
+        self.cache.as_ref()
     }
 
     /// Stores a signed record at the k closest peers to its key (and locally, when a server).
@@ -799,7 +866,11 @@ impl Dht {
         }
         if self.next_sweep <= now {
             self.next_sweep = now + Duration::from_secs(60);
-            self.store.expire(self.unix_time(now));
+            let unix = self.unix_time(now);
+            self.store.expire(unix);
+            if let Some(c) = &mut self.cache {
+                c.expire(unix);
+            }
         }
     }
 
@@ -925,7 +996,12 @@ impl Dht {
             },
             Request::FindValue { key } => {
                 let unix = self.unix_time(now);
-                match self.store.get(&key, unix) {
+                let held = self.store.get(&key, unix).or_else(|| {
+                    let c = self.cache.as_ref()?.get(&key, unix)?;
+                    self.stats.cache_served += 1;
+                    Some(c)
+                });
+                match held {
                     Some(r) => Response::Value {
                         record: Some(r.clone()),
                         closer: vec![],
@@ -941,6 +1017,17 @@ impl Dht {
                 if let Err(e) = result {
                     self.stats.records_refused += 1;
                     tracing::debug!(error = %e, "refused a record");
+                }
+                Response::Stored { result }
+            }
+            Request::Cache { record } => {
+                let unix = self.unix_time(now);
+                let result = match &mut self.cache {
+                    None => Err(RecordError::NotCaching),
+                    Some(c) => c.put(record, unix),
+                };
+                if result.is_ok() {
+                    self.stats.cache_stored += 1;
                 }
                 Response::Stored { result }
             }
@@ -999,11 +1086,17 @@ impl Dht {
                     .take(k);
                 q.iter.on_success(&from, closer);
             }
-            (QueryKind::GetRecord { best, copies, .. }, Response::Value { record, closer }) => {
+            (
+                QueryKind::GetRecord {
+                    best, copies, had, ..
+                },
+                Response::Value { record, closer },
+            ) => {
                 let target = *q.iter.target();
                 match record {
                     Some(r) if r.key() == target && r.check(unix, max_ttl).is_ok() => {
                         q.iter.on_success(&from, std::iter::empty());
+                        had.insert(from);
                         // Keep the newest: a holder may serve a stale (older, still signed)
                         // copy. Enough copies agreeing ends the search early.
                         *copies += 1;
@@ -1177,6 +1270,7 @@ impl Dht {
                         best: None,
                         copies: 0,
                         earlier: Some(requests),
+                        had: BTreeSet::new(),
                     },
                     iter,
                     started: q.started,
@@ -1231,11 +1325,23 @@ impl Dht {
                     }
                 }
             }
-            QueryKind::GetRecord { best, .. } => {
+            QueryKind::GetRecord { best, had, .. } => {
                 let found = found.or(best);
+                let closest = q.iter.into_result();
                 if found.is_none() {
-                    let closest = q.iter.into_result();
                     self.note_size_sample(now, &target, &closest);
+                }
+                let unix = self.unix_time(now);
+                if let (Some(r), Some(cache)) = (&found, &mut self.cache) {
+                    let _ = cache.put(r.clone(), unix);
+                    // Kademlia's caching: the nearest peer asked that did not have it keeps a
+                    // copy, so the next search for it from around here ends sooner.
+                    if let Some(c) = closest.into_iter().find(|c| !had.contains(&c.peer)) {
+                        let body = Request::Cache { record: r.clone() };
+                        if self.send_request(now, c, body, Purpose::Cache) {
+                            self.stats.cache_pushed += 1;
+                        }
+                    }
                 }
                 self.events.push_back(Event::GetRecord {
                     id,
