@@ -59,6 +59,8 @@ pub enum Request {
     Connectivity,
     /// The recent warnings and errors (scrubbed), and the node's status, for `beam diagnose`.
     Diagnose,
+    /// Re-rank the routing table by RTT (`geo`: predicted by coordinates) and refresh it.
+    Optimize { geo: bool },
     /// Drop every connection and join again (`forget`: forget the routing table first).
     Reconnect { forget: bool },
 }
@@ -207,6 +209,10 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
             "ok": true,
             "status": node_status(ctx).await?,
             "recent": crate::logs::recent(),
+        })),
+        Request::Optimize { geo } => Ok(serde_json::json!({
+            "ok": true,
+            "optimized": ctx.p2p.optimize(geo).await?,
         })),
         Request::Reconnect { forget } => Ok(serde_json::json!({
             "ok": true,

@@ -394,6 +394,22 @@ enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Re-rank the routing table by the RTTs measured (libp2p ping): in each bucket, a
+    /// replacement more than 10 % nearer than an entry takes its place (lookups then go
+    /// through nearer peers); then refresh every bucket. Prints what changed.
+    Optimize {
+        /// Print JSON: {"swaps": [{"out", "out_ms", "into", "into_ms"}], "ranked", "entries", …}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Like optimize, by the RTTs network coordinates predict (a place in latency space for
+    /// every peer that sent one, connected or not); behind a NAT also re-picks the relays that
+    /// carry this service's tunnels, nearest first, and republishes when they change.
+    OptimizeGeo {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// What this node gives the network: circuits relayed for others, the distinct peers they
     /// came from, bytes relayed, tunnels served, uptime.
     MyStats {
@@ -868,6 +884,18 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Some(Command::Network {
+            command: NetworkCommand::Optimize { json },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(network::optimize(&dir, false, json))
+        }
+        Some(Command::Network {
+            command: NetworkCommand::OptimizeGeo { json },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            runtime()?.block_on(network::optimize(&dir, true, json))
         }
         Some(Command::Network {
             command: NetworkCommand::Analyze { json },

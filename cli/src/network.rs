@@ -696,3 +696,87 @@ pub async fn analyze(state_dir: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `beam network optimize` (`geo` false) and `optimize-geo` (true).
+pub async fn optimize(state_dir: &Path, geo: bool, json: bool) -> Result<()> {
+    let v = control::ask(state_dir, &Request::Optimize { geo }, ASK).await?;
+    let o = &v["optimized"];
+    if json {
+        println!("{o}");
+        return Ok(());
+    }
+    let by = if geo {
+        "the RTT network coordinates predict"
+    } else {
+        "the libp2p ping RTT measured"
+    };
+    println!(
+        "ranked {} of {} routing-table entries by {by}",
+        o["ranked"], o["entries"]
+    );
+    let swaps = o["swaps"].as_array().cloned().unwrap_or_default();
+    if swaps.is_empty() {
+        println!(
+            "routing table: unchanged (no replacement is more than 10 % nearer than an entry of its bucket)"
+        );
+    }
+    let short = |v: &serde_json::Value| {
+        v.as_str()
+            .unwrap_or("?")
+            .chars()
+            .skip(7)
+            .take(8)
+            .collect::<String>()
+    };
+    for s in &swaps {
+        println!(
+            "swapped:       {} ({:.1} ms) out, {} ({:.1} ms) in",
+            short(&s["out"]),
+            s["out_ms"].as_f64().unwrap_or(f64::NAN),
+            short(&s["into"]),
+            s["into_ms"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "refreshing:    {} bucket lookups started (fresh peers for the table)",
+        o["refreshing"]
+    );
+    let before: Vec<String> = o["relays_before"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(short)
+        .collect();
+    let after: Vec<String> = o["relays_after"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(short)
+        .collect();
+    if !before.is_empty() {
+        if before == after {
+            println!("relays:        unchanged ({})", before.join(", "));
+        } else {
+            println!(
+                "relays:        {} → {} (the service record is published again)",
+                before.join(", "),
+                after.join(", ")
+            );
+        }
+    } else if geo {
+        println!(
+            "relays:        none to choose (this node is reachable, or not a service behind a NAT)"
+        );
+    }
+    if o["ranked"] == 0 {
+        println!(
+            "note:          no entry had an RTT to rank by yet{}",
+            if geo {
+                " (coordinates come with DHT traffic)"
+            } else {
+                " (pings run every 15 s on connected peers)"
+            }
+        );
+    }
+    Ok(())
+}

@@ -59,5 +59,5 @@ pub mod wire;
 mod testnet;
 
 pub use id::{Distance, Key, Keypair, PeerId};
-pub use node::{Event, Forgotten, Node, NodeConfig, Transmit};
+pub use node::{Event, Forgotten, Node, NodeConfig, Optimized, Rank, Swap, Transmit};
 pub use record::{Addr, Participation, Record};

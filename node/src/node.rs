@@ -129,6 +129,46 @@ pub struct RoutePlan {
     pub reachable: bool,
 }
 
+/// How [`Node::optimize`] ranks peers.
+#[derive(Clone, Debug)]
+pub enum Rank {
+    /// By RTTs the driver measured (e.g. libp2p ping), ms; peers without one are not moved.
+    Measured(BTreeMap<PeerId, f64>),
+    /// By the RTT network coordinates predict (this node's and those peers sent), which also
+    /// re-picks a NATed service's relays.
+    Coordinates,
+}
+
+/// One routing-table change [`Node::optimize`] made.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Swap {
+    /// The entry that left for the replacement cache.
+    pub out: PeerId,
+    /// Its RTT, ms.
+    pub out_ms: f64,
+    /// The replacement that took its place.
+    pub into: PeerId,
+    /// Its RTT, ms.
+    pub into_ms: f64,
+}
+
+/// What [`Node::optimize`] changed.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Optimized {
+    /// Routing-table entries replaced by nearer (lower-RTT) peers of the same bucket.
+    pub swaps: Vec<Swap>,
+    /// Table entries with an RTT to rank by.
+    pub ranked: usize,
+    /// Table entries.
+    pub entries: usize,
+    /// Bucket-refresh lookups started (they find fresh peers for the table).
+    pub refreshing: usize,
+    /// Behind a NAT, with [`Rank::Coordinates`]: the relays before.
+    pub relays_before: Vec<PeerId>,
+    /// And after (republished when they changed).
+    pub relays_after: Vec<PeerId>,
+}
+
 /// What [`Node::forget_network`] forgot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Forgotten {
@@ -475,6 +515,66 @@ impl Node {
     /// Whether the node believes others can dial it.
     pub fn is_reachable(&self) -> bool {
         self.config.reachable
+    }
+
+    /// Re-ranks the routing table by RTT (`beam network optimize`): in each bucket, while a
+    /// replacement is more than 10 % nearer than the farthest entry, they trade places
+    /// (Kademlia's proximity neighbour selection: lookups then go through nearer peers; the
+    /// XOR structure is unchanged, since both are of the same bucket). Then refreshes every
+    /// bucket, and with [`Rank::Coordinates`] re-picks a NATed service's relays by predicted
+    /// RTT (republishing when they change).
+    pub fn optimize(&mut self, now: Instant, rank: &Rank) -> Optimized {
+        let own = self.coordinates();
+        let rtt = |p: &PeerId| -> Option<f64> {
+            match rank {
+                Rank::Measured(m) => m.get(p).copied(),
+                Rank::Coordinates => Some(routing::score::predict_ms(
+                    &own?,
+                    &self.positions.get(p)?.coords,
+                )),
+            }
+        };
+        let mut out = Optimized {
+            entries: self.dht.table().len(),
+            ..Optimized::default()
+        };
+        let mut plans = vec![];
+        for (entries, replacements) in self.dht.table().buckets() {
+            let mut ents: Vec<(f64, PeerId)> = entries
+                .iter()
+                .filter_map(|e| Some((rtt(&e.contact.peer)?, e.contact.peer)))
+                .collect();
+            out.ranked += ents.len();
+            let mut reps: Vec<(f64, PeerId)> = replacements
+                .iter()
+                .filter_map(|c| Some((rtt(&c.peer)?, c.peer)))
+                .collect();
+            // Farthest entries first, nearest replacements first; ties by id (deterministic).
+            ents.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            reps.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for (e, r) in ents.into_iter().zip(reps) {
+                if r.0 < e.0 * 0.9 {
+                    plans.push(Swap {
+                        out: e.1,
+                        out_ms: e.0,
+                        into: r.1,
+                        into_ms: r.0,
+                    });
+                }
+            }
+        }
+        for s in plans {
+            if self.dht.table_mut().swap(&s.out, &s.into, now) {
+                out.swaps.push(s);
+            }
+        }
+        out.refreshing = self.dht.refresh_now(now);
+        if matches!(rank, Rank::Coordinates) && !self.nat_relays.is_empty() {
+            out.relays_before = self.nat_relays.iter().map(|c| c.peer).collect();
+            self.replace_relays(now);
+            out.relays_after = self.nat_relays.iter().map(|c| c.peer).collect();
+        }
+        out
     }
 
     /// Forgets the network, keeping the identity (`beam network reset`): the DHT's contacts

@@ -1450,3 +1450,60 @@ fn with_caching_a_popular_record_is_found_in_fewer_requests() {
         "cached copies on the paths end searches sooner: {on:?} vs {off:?}"
     );
 }
+
+#[test]
+fn optimize_puts_the_nearer_peers_of_each_bucket_in_the_table() {
+    let mut net = TestNet::grow(
+        34,
+        120,
+        None,
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let i = 100;
+    // Made-up measured RTTs: by id order, so that many replacements beat entries.
+    let mut rtts = BTreeMap::new();
+    for (j, id) in net.ids.iter().enumerate() {
+        rtts.insert(*id, 10.0 + ((j * 37) % 113) as f64);
+    }
+    let rank = crate::node::Rank::Measured(rtts.clone());
+    let before = net.node(i).dht().table().len();
+    let o = net.with(i, |n, now| n.optimize(now, &rank));
+    assert_eq!(o.entries, before);
+    assert_eq!(o.ranked, before, "every entry has an RTT here");
+    assert!(o.refreshing > 0);
+    for s in &o.swaps {
+        assert!(s.into_ms < s.out_ms * 0.9, "{s:?}");
+        assert!(net.node(i).dht().table().contains(&s.into));
+        assert!(!net.node(i).dht().table().contains(&s.out));
+    }
+    assert_eq!(
+        net.node(i).dht().table().len(),
+        before,
+        "swaps keep the table's size"
+    );
+    // Afterwards no replacement is more than 10 % nearer than its bucket's farthest entry
+    // (unless its network was full), so a second pass changes nothing.
+    let again = net.with(i, |n, now| n.optimize(now, &rank));
+    assert!(again.swaps.is_empty(), "{:?}", again.swaps);
+    eprintln!("{} swaps of {} entries", o.swaps.len(), o.entries);
+    // Lookups still find the k closest.
+    net.run_for(Duration::from_secs(5));
+    let target = net.random_key();
+    let q = net
+        .with(i, |n, now| n.lookup(now, target))
+        .expect("started");
+    net.run_for(Duration::from_secs(5));
+    let found = net
+        .take_events()
+        .into_iter()
+        .find_map(|(at, _, e)| match e {
+            Event::Dht(dht::Event::Lookup { id, closest, .. }) if at == i && id == q => {
+                Some(closest.iter().map(|c| c.peer).collect::<Vec<_>>())
+            }
+            _ => None,
+        })
+        .expect("finished");
+    assert_eq!(found, net.true_closest(&target, 20, i));
+}

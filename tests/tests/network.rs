@@ -619,3 +619,74 @@ fn with_p2p_caching_a_client_keeps_the_records_it_resolved() {
         clients.push((c, cd));
     }
 }
+
+#[test]
+fn optimize_ranks_the_routing_table_by_rtt_and_says_what_changed() {
+    let (_boot, boot_addr, _bd) = boot("127.0.0.1");
+    let mut relays = vec![];
+    for i in 0..3 {
+        let d = TempDir::new(&format!("relay{i}"));
+        let mut r = Beam::start(
+            &format!("relay{i}"),
+            &[
+                "node",
+                "--p2p-routing",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &boot_addr,
+                "--state-dir",
+                d.path(),
+            ],
+        );
+        r.wait_for("joined the network", T);
+        relays.push((r, d));
+    }
+    let nd = TempDir::new("node");
+    let mut n = Beam::start(
+        "node",
+        &[
+            "node",
+            "--p2p-routing",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &boot_addr,
+            "--state-dir",
+            nd.path(),
+        ],
+    );
+    n.wait_for("joined the network", T);
+    // Pings measure each connection's RTT once it is up.
+    wait_json(&nd, "RTTs measured", T, |s| {
+        s.contains("\"peer_rtt_p50_ms\":") && !s.contains("\"peer_rtt_p50_ms\":null")
+    });
+    for geo in [false, true] {
+        let cmd = if geo { "optimize-geo" } else { "optimize" };
+        let o = beam(&nd, &["network", cmd, "--json"], &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let entries = v["entries"].as_u64().expect("entries");
+        assert!(entries >= 3, "{v}");
+        assert!(v["ranked"].as_u64().expect("ranked") <= entries, "{v}");
+        if !geo {
+            assert!(
+                v["ranked"].as_u64().expect("ranked") >= 1,
+                "connected entries have a ping RTT: {v}"
+            );
+        }
+        assert!(v["refreshing"].as_u64().expect("refreshing") >= 1, "{v}");
+        for s in v["swaps"].as_array().expect("swaps") {
+            assert!(
+                s["into_ms"].as_f64() < s["out_ms"].as_f64().map(|x| x * 0.9),
+                "{v}"
+            );
+        }
+        let human = beam(&nd, &["network", cmd], &[]);
+        assert!(
+            text(&human).contains("routing-table entries by"),
+            "{}",
+            text(&human)
+        );
+    }
+}

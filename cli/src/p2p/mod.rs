@@ -444,6 +444,7 @@ enum Cmd {
     SetTorAddress(Option<String>),
     Connectivity(oneshot::Sender<nat::Connectivity>),
     Uncache(ServiceRef, beam_node::PeerId),
+    Optimize(bool, oneshot::Sender<beam_node::Optimized>),
     Reconnect(bool, oneshot::Sender<Reconnected>),
 }
 
@@ -565,6 +566,13 @@ impl Handle {
     /// network.
     pub async fn uncache(&self, what: ServiceRef, service: beam_node::PeerId) {
         let _ = self.cmd.send(Cmd::Uncache(what, service)).await;
+    }
+
+    /// Re-ranks the routing table by RTT and refreshes it (`beam network optimize`): by the
+    /// libp2p ping RTTs measured, or with `geo` by the RTTs network coordinates predict, which
+    /// also re-picks a NATed service's relays.
+    pub async fn optimize(&self, geo: bool) -> Result<beam_node::Optimized> {
+        self.ask(|tx| Cmd::Optimize(geo, tx)).await
     }
 
     /// Reachability, the NAT's mapping, hole punching (`beam network test connectivity`).
@@ -1761,6 +1769,19 @@ impl Driver {
                 });
             }
             Cmd::Uncache(what, service) => self.node.uncache(&what, &service),
+            Cmd::Optimize(geo, tx) => {
+                let rank = if geo {
+                    beam_node::Rank::Coordinates
+                } else {
+                    let rtts = self.rtts.lock().unwrap_or_else(|p| p.into_inner());
+                    beam_node::Rank::Measured(
+                        rtts.iter()
+                            .filter_map(|(p, d)| Some((from_libp2p(p)?, d.as_secs_f64() * 1e3)))
+                            .collect(),
+                    )
+                };
+                let _ = tx.send(self.node.optimize(now, &rank));
+            }
             Cmd::Reconnect(forget, tx) => {
                 let _ = tx.send(self.reconnect(now, forget));
             }

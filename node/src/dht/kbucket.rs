@@ -317,6 +317,63 @@ impl KBucketTable {
         true
     }
 
+    /// Each non-empty bucket's entries (least recently seen first) and replacement cache.
+    pub fn buckets(&self) -> impl Iterator<Item = (&[Entry], &VecDeque<Contact>)> {
+        self.buckets
+            .values()
+            .map(|b| (b.entries.as_slice(), &b.replacements))
+    }
+
+    /// Proximity neighbour selection: the replacement `incoming` (in the replacement cache
+    /// of `outgoing`'s bucket) takes the entry `outgoing`'s place, seen `now`; `outgoing`
+    /// goes to the replacement cache. Nothing changes, and `false` comes back, when either is
+    /// not where it should be or `incoming`'s network is full in the table.
+    pub fn swap(&mut self, outgoing: &PeerId, incoming: &PeerId, now: Instant) -> bool {
+        let Some(b) = self.bucket_of(&outgoing.key()) else {
+            return false;
+        };
+        if self.bucket_of(&incoming.key()) != Some(b) {
+            return false;
+        }
+        let Some(bucket) = self.buckets.get(&b) else {
+            return false;
+        };
+        let (Some(pos), Some(rpos)) = (
+            bucket
+                .entries
+                .iter()
+                .position(|e| e.contact.peer == *outgoing),
+            bucket.replacements.iter().position(|c| c.peer == *incoming),
+        ) else {
+            return false;
+        };
+        let (old_subnet, new_contact) = (
+            bucket.entries[pos].subnet,
+            bucket.replacements[rpos].clone(),
+        );
+        let subnet = self.subnet_of(&new_contact);
+        self.count(old_subnet, false);
+        if !self.subnet_fits(b, subnet) {
+            self.count(old_subnet, true);
+            return false;
+        }
+        self.count(subnet, true);
+        let Some(bucket) = self.buckets.get_mut(&b) else {
+            return false;
+        };
+        let out = bucket.entries.remove(pos);
+        bucket.replacements.remove(rpos);
+        bucket.replacements.push_back(out.contact);
+        bucket.entries.push(Entry {
+            key: new_contact.peer.key(),
+            contact: new_contact,
+            last_seen: now,
+            failures: 0,
+            subnet,
+        });
+        true
+    }
+
     /// Removes `peer` outright (it told us it is leaving, or it misbehaved).
     pub fn remove(&mut self, peer: &PeerId) -> bool {
         let key = peer.key();

@@ -588,6 +588,19 @@ impl Dht {
         )
     }
 
+    /// Starts a refresh of every bucket now (one lookup each, farthest first); returns the
+    /// lookups started.
+    pub fn refresh_now(&mut self, now: Instant) -> usize {
+        let before = self.queries.len();
+        self.refresh_buckets(now);
+        self.queries.len() - before
+    }
+
+    /// The routing table, to change in place (`Node::optimize`).
+    pub(crate) fn table_mut(&mut self) -> &mut KBucketTable {
+        &mut self.table
+    }
+
     /// Drops the cached copy under `key`, if any (the next search asks the network).
     pub fn uncache(&mut self, key: &Key) -> bool {
         self.cache.as_mut().is_some_and(|c| c.remove(key))
