@@ -39,8 +39,9 @@ pub struct Snapshot {
     pub peers: Vec<Value>,
     /// `beam status --connections --json`'s list.
     pub connections: Vec<Value>,
-    /// Peer RTT p50 per refresh, ms (oldest first; 0 when not measured).
-    pub rtt_ms: VecDeque<u64>,
+    /// Peer RTT p50 per refresh, µs (oldest first; 0 when not measured): whole µs, so a
+    /// sub-millisecond RTT on a LAN still draws.
+    pub rtt_us: VecDeque<u64>,
     /// Tunnel bytes per second in + out per refresh.
     pub rate_bps: VecDeque<u64>,
 }
@@ -49,10 +50,10 @@ impl Snapshot {
     /// Adds one refresh's figures to the graphs' history.
     fn sample(&mut self) {
         let p = &self.status["p2p"];
-        let rtt = p["peer_rtt_p50_ms"].as_f64().unwrap_or(0.0);
+        let rtt = p["peer_rtt_p50_ms"].as_f64().unwrap_or(0.0) * 1e3;
         let rate =
             p["rate_in_bps"].as_f64().unwrap_or(0.0) + p["rate_out_bps"].as_f64().unwrap_or(0.0);
-        for (h, v) in [(&mut self.rtt_ms, rtt), (&mut self.rate_bps, rate)] {
+        for (h, v) in [(&mut self.rtt_us, rtt), (&mut self.rate_bps, rate)] {
             h.push_back(v.max(0.0).round() as u64);
             while h.len() > HISTORY {
                 h.pop_front();
@@ -284,8 +285,11 @@ fn draw_graphs(f: &mut Frame<'_>, rtt_area: Rect, rate_area: Rect, snap: &Snapsh
         h.iter().skip(h.len().saturating_sub(w)).copied().collect()
     };
     let rtt = Sparkline::default()
-        .block(Block::bordered().title(format!(" peer RTT p50 {} ms ", last(&snap.rtt_ms))))
-        .data(tail(&snap.rtt_ms, rtt_area))
+        .block(Block::bordered().title(format!(
+            " peer RTT p50 {:.1} ms ",
+            last(&snap.rtt_us) as f64 / 1e3
+        )))
+        .data(tail(&snap.rtt_us, rtt_area))
         .style(Style::new().cyan());
     f.render_widget(rtt, rtt_area);
     let rate = Sparkline::default()
@@ -419,7 +423,7 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("1 open, 0 recent"), "{s}");
-        assert!(s.contains("peer RTT p50 12 ms"), "{s}");
+        assert!(s.contains("peer RTT p50 12.0 ms"), "{s}");
         assert!(s.contains(&short(&me)) && s.contains("demo"), "{s}");
     }
 

@@ -50,12 +50,15 @@ fn recent_buf() -> &'static Mutex<VecDeque<Entry>> {
     RECENT_BUF.get_or_init(Default::default)
 }
 
-/// Marks an address as this node's own: logged in clear.
+/// Marks an address (an IP, or a `.onion`) as this node's own: logged in clear, however it
+/// is written (with a port, at the end of a sentence).
 pub fn own(addr: impl Into<String>) {
+    let addr = addr.into();
+    let canonical = address(&addr).unwrap_or_else(|| addr.to_ascii_lowercase());
     own_set()
         .write()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(addr.into().to_ascii_lowercase());
+        .insert(canonical);
 }
 
 /// The warnings and errors kept, oldest first.
@@ -75,7 +78,7 @@ pub fn scrub(text: &str) -> String {
     let mut token = String::new();
     let flush = |token: &mut String, out: &mut String| {
         if !token.is_empty() {
-            if is_address(token) && !own.contains(&token.to_ascii_lowercase()) {
+            if address(token).is_some_and(|a| !own.contains(&a)) {
                 out.push_str(SCRUBBED);
             } else {
                 out.push_str(token);
@@ -95,22 +98,24 @@ pub fn scrub(text: &str) -> String {
     out
 }
 
-/// Whether a token (letters, digits, `.` and `:`) is an address: an IP (with or without a
-/// port; not the unspecified one) or a `.onion` (v3).
-fn is_address(token: &str) -> bool {
+/// The address a token (letters, digits, `.` and `:`) is, in one canonical form: an IP (with
+/// or without a port; not the unspecified one) as `IpAddr` writes it, or a `.onion` (v3) in
+/// lower case. `None`: not an address.
+fn address(token: &str) -> Option<String> {
     let t = token.trim_end_matches(['.', ':']);
     if let Some(host) = t.strip_suffix(".onion") {
         let label = host.rsplit('.').next().unwrap_or(host);
-        return label.len() == 56
+        let onion = label.len() == 56
             && label
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        return onion.then(|| format!("{label}.onion"));
     }
     let ip = t
         .parse::<IpAddr>()
         .ok()
-        .or_else(|| t.parse::<SocketAddr>().ok().map(|s| s.ip()));
-    ip.is_some_and(|ip| !ip.is_unspecified())
+        .or_else(|| t.parse::<SocketAddr>().ok().map(|s| s.ip()))?;
+    (!ip.is_unspecified()).then(|| ip.to_string())
 }
 
 /// Sets up tracing: `RUST_LOG` if set, else `level`.
@@ -241,6 +246,11 @@ mod tests {
             scrub("listening on /ip4/192.0.2.77/tcp/1, peer 192.0.2.78"),
             "listening on /ip4/192.0.2.77/tcp/1, peer [scrubbed]"
         );
+        // However it is written: with a port, ending a sentence.
+        assert_eq!(
+            scrub("bound 192.0.2.77:4001. Reached 192.0.2.77."),
+            "bound 192.0.2.77:4001. Reached 192.0.2.77."
+        );
         assert_eq!(
             scrub("http://zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.onion/"),
             "http://zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz.onion/"
@@ -293,6 +303,13 @@ mod tests {
             lines[1].contains("DEBUG") && lines[1].contains("/ip4/203.0.113.5/tcp/9"),
             "{}",
             lines[1]
+        );
+        assert!(
+            lines[2].contains(" WARN ")
+                && lines[2].contains("dialling [scrubbed]")
+                && !lines[2].contains("203.0.113.6"),
+            "{}",
+            lines[2]
         );
         let kept = recent();
         let w = kept

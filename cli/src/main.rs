@@ -860,7 +860,8 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             let text = runtime()?.block_on(network::report(&dir, &config_file?, None));
             if let Some(p) = network::write_report(&text, output.as_deref(), "beam-diagnose")? {
                 println!(
-                    "wrote {} ({} lines): versions, configuration, status and recent warnings;                      no keys, peers' addresses scrubbed",
+                    "wrote {} ({} lines): versions, configuration, status and recent warnings; \
+                     no keys, peers' addresses scrubbed",
                     p.display(),
                     text.lines().count()
                 );
@@ -879,7 +880,8 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
             let report = runtime()?.block_on(network::report(&dir, &config_file?, Some(&text)));
             if let Some(p) = network::write_report(&report, output.as_deref(), "beam-issue")? {
                 println!(
-                    "wrote {}: attach it where you ask for help (beam has no central server;                      nothing was sent)",
+                    "wrote {}: attach it where you ask for help (beam has no central server; \
+                     nothing was sent)",
                     p.display()
                 );
             }

@@ -126,7 +126,10 @@ pub async fn reconnect(
         let s = control::ask(state_dir, &Request::Status, ASK).await?;
         last = s["status"]["p2p"].clone();
         let peers = last["peers_connected"].as_u64().unwrap_or(0);
-        if bootstrap == 0 || (peers > 0 && last["routing_table"].as_u64().unwrap_or(0) > 0) {
+        // Rejoined: a bootstrap peer is connected again (not just any peer that dialled in).
+        let boot = last["bootstrap_connected"].as_u64().unwrap_or(0);
+        let table = last["routing_table"].as_u64().unwrap_or(0);
+        if bootstrap == 0 || (boot > 0 && peers > 0 && table > 0) {
             break true;
         }
         if start.elapsed() >= wait {

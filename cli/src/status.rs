@@ -57,7 +57,9 @@ pub async fn node(state_dir: &Path, json: bool) -> Result<()> {
         p["participation"].as_str().unwrap_or("?")
     );
     if let Some(region) = p["region"].as_str() {
-        println!("location:      {region} (declared with --location)");
+        println!(
+            "location:      {region} (declared with --location or p2p.location; sent to peers)"
+        );
     }
     for a in p["listen"].as_array().into_iter().flatten() {
         println!("listening:     {}", a.as_str().unwrap_or("?"));
@@ -539,7 +541,9 @@ pub fn stats(state_dir: &Path, period: &str, json: bool) -> Result<()> {
     );
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
     for s in &samples {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.t.max(0) as u64);
+        // Clamped to year 9999: a corrupt far-future time must not panic the formatting.
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs((s.t.max(0) as u64).min(253_402_300_799));
         println!(
             "{:<20} {:>5} {:>6} {:>7} {:>9} {:>11} {:>11} {:>10}",
             humantime::format_rfc3339_seconds(at)

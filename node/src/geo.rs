@@ -12,7 +12,7 @@
 //! big exchange points and cloud regions are, so that a peer "in Frankfurt" is as close to the
 //! backbone as a peer there would be. The table is data, not configuration: changing it changes
 //! every simulated latency, so it lives in the source and is covered by the calibration test in
-//! [`crate::latency`].
+//! the simulator's latency model (`sim/src/latency.rs`).
 //!
 //! Coordinates are city centres in decimal degrees (north and east positive), except where a
 //! cloud region sits outside the centre (Ashburn for AWS N. Virginia).

@@ -581,12 +581,12 @@ impl Node {
     /// and size samples, the relays' trust, the gossip peers. The records this node publishes
     /// are kept (and go out again when the driver bootstraps anew); so are the relays a
     /// NATed service's record names, until it is published again.
-    pub fn forget_network(&mut self) -> Forgotten {
+    pub fn forget_network(&mut self, now: Instant) -> Forgotten {
         if let Some(g) = &mut self.gossip {
             g.forget_peers();
         }
         Forgotten {
-            contacts: self.dht.forget_contacts(),
+            contacts: self.dht.forget_contacts(now),
             trusted_relays: self.router.forget(),
         }
     }

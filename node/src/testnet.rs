@@ -1332,7 +1332,7 @@ fn a_node_that_forgets_the_network_keeps_its_identity_and_rejoins() {
     let id = net.node(i).peer_id();
     let before = net.node(i).dht().table().len();
     assert!(before > 3, "joined: {before} contacts");
-    let forgotten = net.with(i, |node, _| node.forget_network());
+    let forgotten = net.with(i, |node, now| node.forget_network(now));
     assert_eq!(forgotten.contacts, before);
     assert!(net.node(i).dht().table().is_empty());
     assert_eq!(net.node(i).dht().size_estimate(), None);
@@ -1473,6 +1473,10 @@ fn optimize_puts_the_nearer_peers_of_each_bucket_in_the_table() {
     assert_eq!(o.entries, before);
     assert_eq!(o.ranked, before, "every entry has an RTT here");
     assert!(o.refreshing > 0);
+    assert!(
+        !o.swaps.is_empty(),
+        "the made-up RTTs leave replacements nearer than entries"
+    );
     for s in &o.swaps {
         assert!(s.into_ms < s.out_ms * 0.9, "{s:?}");
         assert!(net.node(i).dht().table().contains(&s.into));

@@ -213,7 +213,6 @@ pub fn median_rtt_between(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     LatencyModel::default().median_rtt_between(lat1, lon1, lat2, lon2)
 }
 
-/// Why a location could not be parsed.
 /// Writes an integer with thousands separators, e.g. `5,453`.
 struct Thousands(u64);
 

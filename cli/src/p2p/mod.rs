@@ -804,7 +804,7 @@ pub async fn start(config: Config) -> Result<(Handle, mpsc::UnboundedReceiver<No
         public: None,
         observed: BTreeMap::new(),
         punches: nat::Punches::default(),
-        reservations: 0,
+        reservations: BTreeSet::new(),
         rate_samples: std::collections::VecDeque::new(),
         last_wall_clock: now,
     };
@@ -883,8 +883,9 @@ struct Driver {
     /// The address each peer saw this node at (identify), at most [`nat::MAX_OBSERVATIONS`].
     observed: BTreeMap<libp2p::PeerId, Multiaddr>,
     punches: nat::Punches,
-    /// Relay reservations accepted.
-    reservations: u64,
+    /// The relays holding a reservation for this node now (removed when the connection to
+    /// one closes).
+    reservations: BTreeSet<libp2p::PeerId>,
     /// Tunnel byte counters (in, out) sampled at each housekeeping tick, over [`RATE_WINDOW`].
     rate_samples: std::collections::VecDeque<(Instant, u64, u64)>,
     last_wall_clock: Instant,
@@ -1142,6 +1143,9 @@ impl Driver {
                         b.connected = false;
                     }
                 }
+                // What it saw of this node, and the reservation it held, went with it.
+                self.observed.remove(&peer_id);
+                self.reservations.remove(&peer_id);
                 self.remote_ip.remove(&peer_id);
                 self.remote_addr.remove(&peer_id);
                 self.locations.remove(&peer_id);
@@ -1224,7 +1228,7 @@ impl Driver {
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
             )) => {
-                self.reservations += 1;
+                self.reservations.insert(relay_peer_id);
                 if let Some(relay) = from_libp2p(&relay_peer_id) {
                     let _ = self.notices.send(Notice::Reserved { relay });
                 }
@@ -1392,7 +1396,7 @@ impl Driver {
 
     /// See [`Handle::reconnect`].
     fn reconnect(&mut self, now: Instant, forget: bool) -> Reconnected {
-        let forgotten = forget.then(|| self.node.forget_network());
+        let forgotten = forget.then(|| self.node.forget_network(now));
         let peers: Vec<libp2p::PeerId> = self.swarm.connected_peers().copied().collect();
         for p in &peers {
             let _ = self.swarm.disconnect_peer_id(*p);
@@ -1407,6 +1411,7 @@ impl Driver {
         self.writers.clear();
         self.awaiting_dial.clear();
         self.reserving.clear();
+        self.reservations.clear();
         for b in &mut self.bootstrap {
             b.connected = false;
             b.next_try = now;
@@ -1764,7 +1769,7 @@ impl Driver {
                     mapping: nat::mapping(self.public, self.observed.values()),
                     observed,
                     hole_punches: self.punches.clone(),
-                    reservations: self.reservations,
+                    reservations: self.reservations.len() as u64,
                     listen: self.listen.iter().map(|a| a.to_string()).collect(),
                 });
             }

@@ -74,8 +74,15 @@ pub fn mapping<'a>(
             None => {}
         }
     }
-    if quic.len() >= 2 {
-        if quic.iter().all(|e| *e == quic[0]) {
+    // Ports compare only between observers that saw the same public IP (a dual-stack node,
+    // or peers on the LAN, see it at other IPs; that is not a NAT's doing).
+    let mut by_ip: BTreeMap<IpAddr, Vec<u16>> = BTreeMap::new();
+    for (ip, port) in &quic {
+        by_ip.entry(*ip).or_default().push(*port);
+    }
+    let groups: Vec<&Vec<u16>> = by_ip.values().filter(|p| p.len() >= 2).collect();
+    if !groups.is_empty() {
+        if groups.iter().all(|p| p.iter().all(|x| *x == p[0])) {
             Mapping::EndpointIndependent
         } else {
             Mapping::AddressDependent
@@ -136,7 +143,7 @@ pub struct Connectivity {
     /// each.
     pub observed: BTreeMap<String, usize>,
     pub hole_punches: Punches,
-    /// Relay reservations accepted (behind a NAT, the relays that carry its tunnels).
+    /// Relays holding a reservation for this node now (behind a NAT, they carry its tunnels).
     pub reservations: u64,
     /// This node's listen addresses.
     pub listen: Vec<String>,
@@ -181,6 +188,12 @@ mod tests {
         ];
         assert_eq!(mapping(Some(false), &both), Mapping::AddressDependent);
         assert_eq!(mapping(None, &same[..1]), Mapping::Unknown);
+        // Different IPs (IPv4 and IPv6, or a LAN peer): their ports are not compared.
+        let two_ips = [
+            a("/ip4/203.0.113.7/udp/40000/quic-v1"),
+            a("/ip6/2001:db8::7/udp/40001/quic-v1"),
+        ];
+        assert_eq!(mapping(Some(false), &two_ips), Mapping::Unknown);
         // Peers that can dial the node: no NAT, whatever they saw.
         assert_eq!(mapping(Some(true), &differ), Mapping::None);
         // A UDP address that is not QUIC is not one.

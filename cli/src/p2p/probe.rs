@@ -69,7 +69,11 @@ pub async fn dial_all(
             continue;
         }
         let opts = match id {
-            Some(id) => DialOpts::peer_id(id).addresses(vec![base]).build(),
+            // Always: a second address of the same peer is dialled too.
+            Some(id) => DialOpts::peer_id(id)
+                .addresses(vec![base])
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .build(),
             None => DialOpts::unknown_peer_id().address(base).build(),
         };
         let conn = opts.connection_id();

@@ -352,12 +352,16 @@ impl KBucketTable {
             bucket.replacements[rpos].clone(),
         );
         let subnet = self.subnet_of(&new_contact);
-        self.count(old_subnet, false);
-        if !self.subnet_fits(b, subnet) {
-            self.count(old_subnet, true);
-            return false;
+        // Of the same network, the counts do not change; of another, it must fit as a newcomer
+        // (the outgoing entry is not of that network, so it is not counted there).
+        if old_subnet != subnet {
+            self.count(old_subnet, false);
+            if !self.subnet_fits(b, subnet) {
+                self.count(old_subnet, true);
+                return false;
+            }
+            self.count(subnet, true);
         }
-        self.count(subnet, true);
         let Some(bucket) = self.buckets.get_mut(&b) else {
             return false;
         };

@@ -553,7 +553,13 @@ impl Dht {
     /// caching is on and it holds a live copy).
     pub fn get_record(&mut self, now: Instant, key: Key) -> Result<QueryId, DhtError> {
         let unix = self.unix_time(now);
-        let cached = self.cache.as_ref().and_then(|c| c.get(&key, unix)).cloned();
+        // Never a cached copy of this node's own record (a peer could push an old one).
+        let cached = self
+            .cache
+            .as_ref()
+            .filter(|_| !self.owned.contains_key(&key))
+            .and_then(|c| c.get(&key, unix))
+            .cloned();
         if let Some(r) = cached {
             self.stats.cache_hits += 1;
             let id = self.next_query_id();
@@ -693,9 +699,23 @@ impl Dht {
     /// network-size estimate and RTTs came from. Keeps the records this node publishes and
     /// the records it holds for others (they expire on their own). The next
     /// [`bootstrap`](Dht::bootstrap) joins afresh. Returns how many contacts were forgotten.
-    pub fn forget_contacts(&mut self) -> usize {
+    pub fn forget_contacts(&mut self, now: Instant) -> usize {
+        // The work in flight ends first (failed, its events sent), so that no answer to it
+        // puts a forgotten contact back.
         let n = self.table.len();
         self.table.clear();
+        let queries: Vec<QueryId> = self.queries.keys().copied().collect();
+        for id in queries {
+            self.finish(now, id, None);
+        }
+        // A record search that found nothing searches again (over the now-empty table): it
+        // ends at once.
+        let again: Vec<QueryId> = self.queries.keys().copied().collect();
+        for id in again {
+            self.finish(now, id, None);
+        }
+        self.requests.clear();
+        self.deadlines.clear();
         self.size_samples.clear();
         self.rtt_samples.clear();
         self.refresh_round = None;
@@ -836,7 +856,11 @@ impl Dht {
             };
             self.stats.requests_timed_out += 1;
             tracing::debug!(peer = %p.peer.short(), "DHT request timed out");
-            self.table.on_failure(&p.peer, self.config.max_failures);
+            // A CACHE push unanswered (a peer that does not know CACHE) says little of the
+            // peer as a DHT server.
+            if !matches!(p.purpose, Purpose::Cache) {
+                self.table.on_failure(&p.peer, self.config.max_failures);
+            }
             if let Purpose::Query(q) = p.purpose {
                 self.on_query_failure(now, q, p.peer);
             }
@@ -1037,6 +1061,8 @@ impl Dht {
                 let unix = self.unix_time(now);
                 let result = match &mut self.cache {
                     None => Err(RecordError::NotCaching),
+                    // Our own record is ours to publish: a pushed copy could only be older.
+                    Some(_) if self.owned.contains_key(&record.key()) => Err(RecordError::Stale),
                     Some(c) => c.put(record, unix),
                 };
                 if result.is_ok() {
