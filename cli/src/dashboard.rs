@@ -63,6 +63,10 @@ impl Snapshot {
 }
 
 /// Runs the dashboard until `q`, Esc or Ctrl-C.
+///
+/// The node is asked from a thread of its own, so a node slow to answer (each question may
+/// wait up to 5 s) never holds up the keys or the drawing: the screen keeps the last answer
+/// and says how old it is.
 pub fn run(state_dir: &Path) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!(
@@ -76,16 +80,50 @@ pub fn run(state_dir: &Path) -> Result<()> {
         .context("cannot start the runtime")?;
     let mut snap = Snapshot::default();
     // The first fetch before the screen changes, so that "no beam is running" reads plainly.
-    rt.block_on(fetch(state_dir, &mut snap))?;
+    let first = rt.block_on(fetch(state_dir))?;
+    snap.set(first);
     snap.sample();
+    let (tx, answers) = std::sync::mpsc::channel();
+    let dir = state_dir.to_path_buf();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(REFRESH);
+            let answer = rt.block_on(fetch(&dir)).map_err(|e| format!("{e:#}"));
+            if tx.send(answer).is_err() {
+                return; // the dashboard has quit
+            }
+        }
+    });
     let mut terminal = ratatui::init();
     let result = (|| -> Result<()> {
-        let mut last = Instant::now();
+        let mut fresh = Instant::now();
         let mut error: Option<String> = None;
         loop {
-            terminal.draw(|f| draw(f, &snap, error.as_deref()))?;
-            let wait = REFRESH.saturating_sub(last.elapsed());
-            if event::poll(wait)?
+            while let Ok(answer) = answers.try_recv() {
+                match answer {
+                    Ok(a) => {
+                        snap.set(a);
+                        snap.sample();
+                        fresh = Instant::now();
+                        error = None;
+                    }
+                    Err(e) => error = Some(e),
+                }
+            }
+            let age = fresh.elapsed();
+            let note = match &error {
+                Some(e) => Some(format!(
+                    "cannot ask the node: {e} (showing what it said {} s ago)",
+                    age.as_secs()
+                )),
+                None if age > REFRESH * 3 => Some(format!(
+                    "the node has not answered for {} s (showing what it said then)",
+                    age.as_secs()
+                )),
+                None => None,
+            };
+            terminal.draw(|f| draw(f, &snap, note.as_deref()))?;
+            if event::poll(Duration::from_millis(100))?
                 && let Event::Key(k) = event::read()?
                 && k.kind == KeyEventKind::Press
                 && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc)
@@ -94,32 +132,34 @@ pub fn run(state_dir: &Path) -> Result<()> {
             {
                 return Ok(());
             }
-            if last.elapsed() >= REFRESH {
-                last = Instant::now();
-                error = rt
-                    .block_on(fetch(state_dir, &mut snap))
-                    .err()
-                    .map(|e| format!("{e:#}"));
-                if error.is_none() {
-                    snap.sample();
-                }
-            }
         }
     })();
     ratatui::restore();
     result
 }
 
+/// One fetch: status, peers, connections.
+type Answer = (Value, Vec<Value>, Vec<Value>);
+
+impl Snapshot {
+    fn set(&mut self, (status, peers, connections): Answer) {
+        self.status = status;
+        self.peers = peers;
+        self.connections = connections;
+    }
+}
+
 /// Asks the node for its status, peers and connections.
-async fn fetch(state_dir: &Path, snap: &mut Snapshot) -> Result<()> {
+async fn fetch(state_dir: &Path) -> Result<Answer> {
     let t = Duration::from_secs(5);
     let status = control::ask(state_dir, &Request::Status, t).await?;
     let peers = control::ask(state_dir, &Request::Peers, t).await?;
     let conns = control::ask(state_dir, &Request::Connections, t).await?;
-    snap.status = status["status"].clone();
-    snap.peers = peers["peers"].as_array().cloned().unwrap_or_default();
-    snap.connections = conns["connections"].as_array().cloned().unwrap_or_default();
-    Ok(())
+    Ok((
+        status["status"].clone(),
+        peers["peers"].as_array().cloned().unwrap_or_default(),
+        conns["connections"].as_array().cloned().unwrap_or_default(),
+    ))
 }
 
 /// A beam address's short form (the inspector's), or the text itself.
@@ -131,6 +171,26 @@ fn short(id: &str) -> String {
 fn location(v: &Value) -> Option<(f64, f64)> {
     let a = v.as_array()?;
     Some((a.first()?.as_f64()?, a.get(1)?.as_f64()?))
+}
+
+/// A route between two places (lat, lon) as the map draws it: the short way round, so a
+/// line from Tokyo to San Francisco crosses the Pacific, leaving the map's edge at ±180° and
+/// coming back at the other (two segments), not crossing the whole world.
+fn segments(a: (f64, f64), b: (f64, f64)) -> Vec<((f64, f64), (f64, f64))> {
+    let ((lat1, lon1), (lat2, lon2)) = (a, b);
+    if (lon2 - lon1).abs() <= 180.0 {
+        return vec![(a, b)];
+    }
+    // Unwrap the second point next to the first, cut the line where it meets the edge.
+    let lon2u = if lon2 < lon1 {
+        lon2 + 360.0
+    } else {
+        lon2 - 360.0
+    };
+    let edge = if lon2u > lon1 { 180.0 } else { -180.0 };
+    let f = (edge - lon1) / (lon2u - lon1);
+    let lat_edge = lat1 + f * (lat2 - lat1);
+    vec![(a, (lat_edge, edge)), ((lat_edge, -edge), b)]
 }
 
 /// Draws the whole screen (80×24 and up).
@@ -153,7 +213,7 @@ pub fn draw(f: &mut Frame<'_>, snap: &Snapshot, error: Option<&str>) {
     draw_graphs(f, rtt, rate, snap);
     draw_connections(f, conns, snap);
     let help = match error {
-        Some(e) => Line::from(format!("cannot ask the node: {e}")).red(),
+        Some(e) => Line::from(format!(" {e}")).red(),
         None => Line::from(vec![
             Span::from(" q").bold(),
             Span::from(" quit · refreshed each second · places are the peers' --location"),
@@ -221,14 +281,16 @@ fn draw_map(f: &mut Frame<'_>, area: Rect, snap: &Snapshot) {
                 resolution: MapResolution::Low,
             });
             ctx.layer();
-            for &((y1, x1), (y2, x2)) in &routes {
-                ctx.draw(&canvas::Line {
-                    x1,
-                    y1,
-                    x2,
-                    y2,
-                    color: Color::Yellow,
-                });
+            for &(from, to) in &routes {
+                for ((y1, x1), (y2, x2)) in segments(from, to) {
+                    ctx.draw(&canvas::Line {
+                        x1,
+                        y1,
+                        x2,
+                        y2,
+                        color: Color::Yellow,
+                    });
+                }
             }
             ctx.layer();
             for &(lat, lon) in places.values() {
@@ -431,5 +493,26 @@ mod tests {
     fn an_empty_node_draws_without_panicking() {
         let s = screen(&Snapshot::default());
         assert!(s.contains("0 of 0 peers placed"), "{s}");
+    }
+
+    #[test]
+    fn routes_go_the_short_way_round() {
+        // Frankfurt–New York: one segment.
+        assert_eq!(segments((50.1, 8.7), (40.7, -74.0)).len(), 1);
+        // Tokyo (139.7° E) to San Francisco (122.4° W): over the Pacific, cut at ±180°.
+        let s = segments((35.7, 139.7), (37.8, -122.4));
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(
+            (s[0].0, s[0].1.1, s[1].0.1, s[1].1),
+            ((35.7, 139.7), 180.0, -180.0, (37.8, -122.4))
+        );
+        assert!(
+            (s[0].1.0 - s[1].0.0).abs() < 1e-9,
+            "both halves meet at one latitude"
+        );
+        assert!(s[0].1.0 > 35.7 && s[0].1.0 < 37.8);
+        // And the other way.
+        let s = segments((37.8, -122.4), (35.7, 139.7));
+        assert_eq!((s[0].1.1, s[1].0.1), (-180.0, 180.0));
     }
 }

@@ -59,6 +59,23 @@ pub struct Sample {
     pub bytes_relayed: i64,
 }
 
+/// The tunnel throughput (in, out) between each sample and the one before, bytes per second,
+/// from the byte counters: what passed over the whole interval, not the last 10 s before the
+/// sample. `None` for the first sample, and where the counters went down (the node restarted)
+/// or no time passed.
+pub fn interval_rates(samples: &[Sample]) -> Vec<Option<(f64, f64)>> {
+    let mut out = Vec::with_capacity(samples.len());
+    out.push(None);
+    for w in samples.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let dt = (b.t - a.t) as f64;
+        let (din, dout) = (b.bytes_in - a.bytes_in, b.bytes_out - a.bytes_out);
+        out.push((dt > 0.0 && din >= 0 && dout >= 0).then(|| (din as f64 / dt, dout as f64 / dt)));
+    }
+    out.truncate(samples.len());
+    out
+}
+
 impl Sample {
     /// A sample of a `beam status --json` object, at `t`.
     pub fn of_status(t: i64, s: &serde_json::Value) -> Self {
@@ -100,7 +117,10 @@ impl Writer {
         db.execute_batch(
             // The write-ahead log is checkpointed every 100 pages and cut back to 512 KiB after:
             // it never holds more than a few hundred KiB beside the table.
+            // synchronous = NORMAL: in WAL mode the file stays consistent; a power cut may lose
+            // the last sample, and no sample waits for an fsync.
             "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
              PRAGMA wal_autocheckpoint = 100;
              PRAGMA journal_size_limit = 524288;
              CREATE TABLE IF NOT EXISTS samples (
@@ -224,13 +244,17 @@ where
     Fut: std::future::Future<Output = Result<serde_json::Value>> + Send,
 {
     tokio::spawn(async move {
-        let mut writer = match Writer::open(&path, settings.max_samples) {
-            Ok(w) => w,
+        let writer = match Writer::open(&path, settings.max_samples) {
+            Ok(w) => std::sync::Arc::new(std::sync::Mutex::new(w)),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "no history: cannot open its database");
                 return;
             }
         };
+        // Failed writes in a row (a full disk, say): warned of once, and after this many the
+        // sampling stops.
+        const GIVE_UP_AFTER: u32 = 10;
+        let mut failures = 0u32;
         let mut tick = tokio::time::interval(settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await; // the first tick is now: the first sample comes one interval in
@@ -243,10 +267,25 @@ where
                     continue;
                 }
             };
-            // A few hundred microseconds of disk: not worth a blocking thread.
-            if let Err(e) = writer.record(&s) {
-                tracing::warn!(error = %format!("{e:#}"), "history sampling stops");
-                return;
+            // Disk work off the runtime's threads.
+            let w = writer.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                w.lock().unwrap_or_else(|p| p.into_inner()).record(&s)
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the history writer failed: {e}")));
+            match written {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %format!("{e:#}"), "a history sample was not written");
+                    }
+                    if failures >= GIVE_UP_AFTER {
+                        tracing::warn!(error = %format!("{e:#}"), "history sampling stops after {GIVE_UP_AFTER} failed writes");
+                        return;
+                    }
+                }
             }
         }
     });
@@ -267,6 +306,7 @@ pub fn plot(samples: &[Sample], out: &Path) -> Result<()> {
     let panels = root.split_evenly((3, 1));
     type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
     let kib = |v: f64| v / 1024.0;
+    let rates = interval_rates(samples);
     let drawn: [(&str, &str, Vec<Series<'_>>); 3] = [
         (
             "peers connected",
@@ -290,20 +330,25 @@ pub fn plot(samples: &[Sample], out: &Path) -> Result<()> {
             )],
         ),
         (
-            "tunnel throughput (10 s average)",
+            "tunnel throughput (average between samples)",
             "KiB/s",
             vec![
                 (
                     "in",
                     GREEN,
-                    samples.iter().map(|s| (x(s), kib(s.rate_in_bps))).collect(),
+                    samples
+                        .iter()
+                        .zip(&rates)
+                        .filter_map(|(s, r)| Some((x(s), kib(r.as_ref()?.0))))
+                        .collect(),
                 ),
                 (
                     "out",
                     MAGENTA,
                     samples
                         .iter()
-                        .map(|s| (x(s), kib(s.rate_out_bps)))
+                        .zip(&rates)
+                        .filter_map(|(s, r)| Some((x(s), kib(r.as_ref()?.1))))
                         .collect(),
                 ),
             ],
@@ -430,20 +475,26 @@ mod tests {
         plot(&samples, &out).expect("plot");
         let svg = std::fs::read_to_string(&out).expect("svg");
         assert!(svg.starts_with("<svg"), "{}", &svg[..svg.len().min(80)]);
-        // The data lines (2 px; the legend's are 1 px): peers, RTT, in and out, 10 points each.
+        // The data lines (2 px; the legend's are 1 px): peers and RTT, 10 points each; in and
+        // out, 9 (a rate is between two samples).
         let lines: Vec<&str> = svg
             .lines()
             .filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\""))
             .collect();
         assert_eq!(lines.len(), 4, "{svg}");
-        for l in lines {
-            let points = l
-                .split("points=\"")
-                .nth(1)
-                .and_then(|p| p.split('"').next());
-            let points = points.unwrap_or("");
-            assert_eq!(points.split_whitespace().count(), 10, "{l}");
-        }
+        let mut counts: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                l.split("points=\"")
+                    .nth(1)
+                    .and_then(|p| p.split('"').next())
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .count()
+            })
+            .collect();
+        counts.sort_unstable();
+        assert_eq!(counts, [9, 9, 10, 10], "{svg}");
         assert!(svg.contains("peer RTT p50"));
         assert!(plot(&[], &out).is_err());
         let _ = std::fs::remove_dir_all(&d);
@@ -465,5 +516,27 @@ mod tests {
         );
         assert!(parse_period("banana").is_err());
         assert!(parse_period("0s").is_err());
+    }
+
+    #[test]
+    fn throughput_is_what_passed_between_samples() {
+        let at = |t: i64, bytes_in: i64, bytes_out: i64| Sample {
+            t,
+            bytes_in,
+            bytes_out,
+            ..Sample::default()
+        };
+        let samples = [
+            at(0, 0, 0),
+            at(60, 6_000, 600),
+            at(120, 6_000, 1_200),
+            at(180, 10, 10),
+        ];
+        assert_eq!(
+            interval_rates(&samples),
+            vec![None, Some((100.0, 10.0)), Some((0.0, 10.0)), None],
+            "a counter that went down is a restart, not negative traffic"
+        );
+        assert_eq!(interval_rates(&[]), vec![]);
     }
 }

@@ -65,6 +65,10 @@ pub async fn run(config: p2p::Config, opts: Options) -> Result<()> {
     )?;
     #[cfg(feature = "tor")]
     let tor_side = opts.tor.map(|_| crate::tor::TorSide::new());
+    #[cfg(feature = "tor")]
+    if let Some(t) = &tor_side {
+        let _ = t.stats.inspector.set(handle.connections.clone());
+    }
     #[cfg(not(feature = "tor"))]
     if opts.tor.is_some() {
         bail!("this beam was built without Tor (rebuild with the default `tor` feature)");

@@ -540,7 +540,9 @@ pub fn stats(state_dir: &Path, period: &str, json: bool) -> Result<()> {
         "TIME (UTC)", "PEERS", "DHT", "NET", "RTT p50", "IN", "OUT", "RELAYED"
     );
     let opt = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("-".to_string(), f);
-    for s in &samples {
+    // IN and OUT: what passed since the previous sample, per second.
+    let rates = crate::history::interval_rates(&samples);
+    for (s, rate) in samples.iter().zip(&rates) {
         // Clamped to year 9999: a corrupt far-future time must not panic the formatting.
         let at = std::time::UNIX_EPOCH
             + std::time::Duration::from_secs((s.t.max(0) as u64).min(253_402_300_799));
@@ -553,8 +555,8 @@ pub fn stats(state_dir: &Path, period: &str, json: bool) -> Result<()> {
             opt(s.dht_health, &|h| format!("{:.0}%", h * 1e2)),
             opt(s.network_size, &|n| format!("~{n:.0}")),
             opt(s.rtt_p50_ms, &|r| format!("{r:.1} ms")),
-            format!("{}/s", bytes(s.rate_in_bps as u64)),
-            format!("{}/s", bytes(s.rate_out_bps as u64)),
+            opt(rate.map(|r| r.0), &|r| format!("{}/s", bytes(r as u64))),
+            opt(rate.map(|r| r.1), &|r| format!("{}/s", bytes(r as u64))),
             bytes(s.bytes_relayed.max(0) as u64),
         );
     }

@@ -75,6 +75,9 @@ pub struct TorStats {
     pub bytes_in: AtomicU64,
     /// Bytes from local sockets to Tor.
     pub bytes_out: AtomicU64,
+    /// The connection inspector visitors' streams are listed in (`beam status --connections`),
+    /// once the P2P side is up.
+    pub inspector: std::sync::OnceLock<Arc<crate::p2p::inspect::Connections>>,
 }
 
 /// Where Arti keeps its state and cache: `<state dir>/tor`.
@@ -298,6 +301,7 @@ async fn serve(
 /// A visitor's stream: BEGIN to port 80 is forwarded to the local port; anything else gets the
 /// END(DONE) that C tor sends, so beam's onion service is not told apart from others.
 async fn serve_stream(request: StreamRequest, port: u16, stats: Arc<TorStats>) {
+    let arrived = Instant::now();
     let wanted = match request.request() {
         IncomingStreamRequest::Begin(begin) => begin.port(),
         _ => 0,
@@ -328,7 +332,24 @@ async fn serve_stream(request: StreamRequest, port: u16, stats: Arc<TorStats>) {
     };
     stats.streams_total.fetch_add(1, Ordering::Relaxed);
     stats.streams_open.fetch_add(1, Ordering::Relaxed);
+    // Listed in the inspector while it lasts; its bytes are counted when it ends.
+    let tracked = stats.inspector.get().map(|c| {
+        c.track(crate::p2p::inspect::Info {
+            direction: crate::p2p::inspect::Direction::In,
+            kind: crate::p2p::inspect::Kind::Tor,
+            peer: "onion visitor".into(),
+            via: vec![],
+            why: "a visitor reached the onion service over Tor (who it is, Tor hides)".into(),
+            setup_ms: crate::p2p::inspect::ms(arrived.elapsed()),
+            first_hop_rtt_ms: None,
+            route_rtt_ms: None,
+            predicted_direct_ms: None,
+        })
+    });
     let (to_local, to_tor) = splice(tor, local).await;
+    if let Some(t) = &tracked {
+        t.conn.set_bytes(to_local, to_tor);
+    }
     stats.bytes_in.fetch_add(to_local, Ordering::Relaxed);
     stats.bytes_out.fetch_add(to_tor, Ordering::Relaxed);
     stats.streams_open.fetch_sub(1, Ordering::Relaxed);

@@ -404,8 +404,14 @@ fn a_service_behind_a_nat_is_reached_from_behind_another_through_a_relay() {
             .is_some_and(|o| !o.is_empty() && o.keys().all(|a| a.starts_with("/ip4/10.77.1.2/"))),
         "peers see the service at its NAT's public address: {sc}"
     );
-    // Masquerade keeps the listen port the TCP dials leave from: two peers see one port.
-    assert_eq!(sc["mapping"], "endpoint-independent", "{sc}");
+    // Masquerade maps each source port to one public port whatever the destination
+    // (endpoint-independent): when two peers saw the same port it says so; when the ports it
+    // has seen are all different (dials that did not reuse the listen port), it cannot tell.
+    // It must never call this NAT symmetric.
+    assert!(
+        sc["mapping"] == "endpoint-independent" || sc["mapping"] == "unknown",
+        "{sc}"
+    );
     let cc = connectivity(&t.ns("h2"), &cdir);
     let punches = cc["hole_punches"]["succeeded"].as_u64().unwrap_or(0);
     assert_eq!(punches >= 1, punched, "{cc}");

@@ -276,6 +276,26 @@ fn onion_service_on_a_private_tor_network() {
         status.contains("\"streams_total\":") && !status.contains("\"streams_total\":0"),
         "beam tor status counted no visitor: {status}"
     );
+    // The visitor's stream is in the service's connection inspector, over Tor, with the
+    // bytes it carried (the page went out).
+    let (ok, conns) = beam_output(&[
+        "--state-dir",
+        svc_dir.path(),
+        "status",
+        "--connections",
+        "--json",
+    ]);
+    assert!(ok, "beam status --connections failed: {conns}");
+    let conns: serde_json::Value =
+        serde_json::from_str(conns.lines().next().unwrap_or_default()).expect("json");
+    assert!(
+        conns
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["kind"] == "tor"
+                && c["direction"] == "in"
+                && c["bytes_out"].as_u64() >= Some(body.len() as u64))),
+        "no Tor visitor in the inspector: {conns}"
+    );
     let (ok, human) = beam_output(&["--state-dir", svc_dir.path(), "tor", "status"]);
     assert!(ok && human.contains("reachable:      yes"), "{human}");
     eprintln!("beam tor status:\n{human}");
