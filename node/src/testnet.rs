@@ -1318,6 +1318,23 @@ fn record_searches_take_the_newest_of_several_copies() {
     );
 }
 
+/// Runs a lookup of `target` at node `i`; the peers it found.
+fn lookup_at(net: &mut TestNet, i: usize, target: Key) -> Vec<PeerId> {
+    let q = net
+        .with(i, |n, now| n.lookup(now, target))
+        .expect("started");
+    net.run_for(Duration::from_secs(5));
+    net.take_events()
+        .into_iter()
+        .find_map(|(at, _, e)| match e {
+            Event::Dht(dht::Event::Lookup { id, closest, .. }) if at == i && id == q => {
+                Some(closest.iter().map(|c| c.peer).collect())
+            }
+            _ => None,
+        })
+        .expect("the lookup finished")
+}
+
 #[test]
 fn a_node_that_forgets_the_network_keeps_its_identity_and_rejoins() {
     let mut net = TestNet::grow(
@@ -1346,21 +1363,10 @@ fn a_node_that_forgets_the_network_keeps_its_identity_and_rejoins() {
     // Its lookups are exact again.
     for _ in 0..10 {
         let target = net.random_key();
-        let q = net
-            .with(i, |n, now| n.lookup(now, target))
-            .expect("started");
-        net.run_for(Duration::from_secs(5));
-        let found = net
-            .take_events()
-            .into_iter()
-            .find_map(|(at, _, e)| match e {
-                Event::Dht(dht::Event::Lookup { id, closest, .. }) if at == i && id == q => {
-                    Some(closest.iter().map(|c| c.peer).collect::<Vec<_>>())
-                }
-                _ => None,
-            })
-            .expect("the lookup finished");
-        assert_eq!(found, net.true_closest(&target, 20, i));
+        assert_eq!(
+            lookup_at(&mut net, i, target),
+            net.true_closest(&target, 20, i)
+        );
     }
 }
 
@@ -1495,19 +1501,8 @@ fn optimize_puts_the_nearer_peers_of_each_bucket_in_the_table() {
     // Lookups still find the k closest.
     net.run_for(Duration::from_secs(5));
     let target = net.random_key();
-    let q = net
-        .with(i, |n, now| n.lookup(now, target))
-        .expect("started");
-    net.run_for(Duration::from_secs(5));
-    let found = net
-        .take_events()
-        .into_iter()
-        .find_map(|(at, _, e)| match e {
-            Event::Dht(dht::Event::Lookup { id, closest, .. }) if at == i && id == q => {
-                Some(closest.iter().map(|c| c.peer).collect::<Vec<_>>())
-            }
-            _ => None,
-        })
-        .expect("finished");
-    assert_eq!(found, net.true_closest(&target, 20, i));
+    assert_eq!(
+        lookup_at(&mut net, i, target),
+        net.true_closest(&target, 20, i)
+    );
 }

@@ -560,19 +560,11 @@ impl Dht {
             .filter(|_| !self.owned.contains_key(&key))
             .and_then(|c| c.get(&key, unix))
             .cloned();
-        if let Some(r) = cached {
+        if cached.is_some() {
             self.stats.cache_hits += 1;
-            let id = self.next_query_id();
-            self.events.push_back(Event::GetRecord {
-                id,
-                key,
-                record: Some(r),
-                stats: QueryStats::default(),
-            });
-            return Ok(id);
         }
-        if let Some(r) = self.owned_record_now(&key, now) {
-            // Our own record: answer from memory, still through an event.
+        // Our own record, or a cached copy: answer from memory, still through an event.
+        if let Some(r) = cached.or_else(|| self.owned_record_now(&key, now)) {
             let id = self.next_query_id();
             self.events.push_back(Event::GetRecord {
                 id,
