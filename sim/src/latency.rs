@@ -13,7 +13,10 @@
 //!
 //! - *distance* is the great-circle distance (haversine, R = 6371 km); light in fibre travels at
 //!   about 2/3 c ≈ 200,000 km/s.
-//! - *inflation* accounts for cables not following great circles and for routing detours.
+//! - *inflation* accounts for cables not following great circles and for routing detours. It
+//!   depends on the *corridor*: the pair of [`Zone`]s the two ends sit in (Europe to East
+//!   Asia detours through Suez or the US, 2.1×; North America to Oceania crosses one straight
+//!   cable, 1.2×). Corridors the dataset covers too thinly use one fallback factor.
 //! - *access* is drawn once per peer from a log-normal distribution (median
 //!   [`LatencyModel::access_median_ms`], log-spread [`LatencyModel::access_sigma`], capped at
 //!   [`LatencyModel::access_max_ms`]): most peers sit close to their city's exchange, a tail
@@ -24,16 +27,17 @@
 //!
 //! # Calibration
 //!
-//! The defaults are fitted to AWS's published inter-region round-trip averages (DESIGN.md:
-//! N. Virginia–Ireland 80.5 ms, N. Virginia–Frankfurt 88.7 ms, N. Virginia–Tokyo 145.3 ms,
-//! Ireland–Sydney 309.6 ms). A data centre is modelled as a peer at the region's city whose
-//! access delay is the distribution's median, and a "median RTT" is the median of
-//! out-and-back with two independent jitter draws ([`LatencyModel::median_rtt_between`]).
-//! One inflation factor cannot fit all four exactly (the observed ratio to great-circle fibre
-//! time runs from 1.34 for Tokyo to 1.80 for Sydney, whose traffic detours via Singapore or
-//! the US), so the factor balances the errors: the model is within about ±16 % of each, and
-//! a test holds it within ±20 %. Because data-centre RTTs leave little room beyond
-//! propagation, the access-delay median is small (1 ms); its long tail provides slower peers.
+//! The corridor factors are fitted ([`crate::latency_fit`], `sim latency-fit`) to 1,424
+//! published inter-region RTTs of four clouds (`reports/latency-dataset/`): every other row
+//! trains, the rest is held out. A data centre is modelled as a peer at the region's city whose
+//! access delay is the distribution's median, and a "median RTT" is the median of out-and-back
+//! with two independent jitter draws ([`LatencyModel::median_rtt_between`]). The last-mile
+//! terms are not fitted (data-centre RTTs leave little room beyond propagation, so the access
+//! median is small, 1 ms, and its long tail provides slower peers); each corridor's factor is
+//! the weighted median that minimises the training rows' absolute relative error. On the
+//! held-out half the median relative error is 9.4 % (reports/README.md has the table, per
+//! provider held out too). The earlier single factor, fitted to four AWS pairs, was 13.2 % off
+//! on the same rows.
 //!
 //! Everything random takes the caller's RNG (the run's seeded ChaCha), so a seed fixes every
 //! placement and every delay.
@@ -45,7 +49,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 pub use beam_node::geo::{
-    EARTH_RADIUS_KM, LocationError, haversine_km, parse_lat_lon, parse_location,
+    EARTH_RADIUS_KM, LocationError, haversine_km, nearest_city, parse_lat_lon, parse_location,
 };
 
 use crate::cities::{City, Region};
@@ -57,11 +61,152 @@ pub const FIBRE_KM_PER_S: f64 = 200_000.0;
 /// Median of the sum of two independent exponentials of mean 1: x with (1 + x)·e^(−x) = 1/2.
 const MEDIAN_OF_TWO_EXPONENTIALS: f64 = 1.678_346_990_016_661;
 
+/// Where on the cable map a point sits: the six regions, with Asia split in three because its
+/// corridors differ most (the Gulf, India and East Asia reach Europe by different routes).
+///
+/// A zone is a property of coordinates ([`Zone::of`]), so the model, the fit and a scenario's
+/// peers agree on it without a table of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Zone {
+    /// Canada, the United States and Mexico.
+    NorthAmerica,
+    /// South America.
+    SouthAmerica,
+    /// Europe.
+    Europe,
+    /// The Gulf and the Levant (between 12° and 42° N, 34° and 62° E).
+    MiddleEast,
+    /// India and its neighbours (Asia west of 92° E and south of 36° N).
+    SouthAsia,
+    /// East and South-East Asia.
+    EastAsia,
+    /// Africa.
+    Africa,
+    /// Australia and New Zealand.
+    Oceania,
+}
+
+impl Zone {
+    /// Every zone, in index order.
+    pub const ALL: [Zone; 8] = [
+        Zone::NorthAmerica,
+        Zone::SouthAmerica,
+        Zone::Europe,
+        Zone::MiddleEast,
+        Zone::SouthAsia,
+        Zone::EastAsia,
+        Zone::Africa,
+        Zone::Oceania,
+    ];
+
+    /// The zone of a point: its nearest built-in city's region, with the Middle East and
+    /// South Asia carved out by coordinates.
+    pub fn of(lat: f64, lon: f64) -> Zone {
+        if (12.0..=42.0).contains(&lat) && (34.0..=62.0).contains(&lon) {
+            return Zone::MiddleEast;
+        }
+        match nearest_city(lat, lon).0 {
+            Region::NorthAmerica => Zone::NorthAmerica,
+            Region::SouthAmerica => Zone::SouthAmerica,
+            Region::Europe => Zone::Europe,
+            Region::Africa => Zone::Africa,
+            Region::Oceania => Zone::Oceania,
+            Region::Asia if lon < 92.0 && lat < 36.0 => Zone::SouthAsia,
+            Region::Asia => Zone::EastAsia,
+        }
+    }
+
+    /// The zone's short name, e.g. `east_asia`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Zone::NorthAmerica => "north_america",
+            Zone::SouthAmerica => "south_america",
+            Zone::Europe => "europe",
+            Zone::MiddleEast => "middle_east",
+            Zone::SouthAsia => "south_asia",
+            Zone::EastAsia => "east_asia",
+            Zone::Africa => "africa",
+            Zone::Oceania => "oceania",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Path inflation per corridor: an unordered pair of zones, or none (then the model's fallback).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Corridors([[Option<f64>; 8]; 8]);
+
+impl Corridors {
+    /// The factors of [`FITTED_CORRIDORS`].
+    pub fn fitted() -> Self {
+        Self::from_table(FITTED_CORRIDORS)
+    }
+
+    /// Corridors from `(zone, zone, factor)` rows, either order.
+    pub fn from_table(rows: &[(Zone, Zone, f64)]) -> Self {
+        let mut c = Corridors::default();
+        for &(a, b, f) in rows {
+            c.set(a, b, f);
+        }
+        c
+    }
+
+    /// Sets the factor between `a` and `b` (both directions).
+    pub fn set(&mut self, a: Zone, b: Zone, factor: f64) {
+        self.0[a.index()][b.index()] = Some(factor);
+        self.0[b.index()][a.index()] = Some(factor);
+    }
+
+    /// The factor between `a` and `b`, if the corridor has one.
+    pub fn get(&self, a: Zone, b: Zone) -> Option<f64> {
+        self.0[a.index()][b.index()]
+    }
+}
+
+/// Path inflation for corridors the fit had too few rows for (fitted on all training rows).
+pub const FITTED_FALLBACK: f64 = 1.531;
+
+/// Path inflation per corridor, as fitted by `sim latency-fit` on the training half of
+/// `reports/latency-dataset/rtt.csv` (a test checks this table is that fit's output).
+pub const FITTED_CORRIDORS: &[(Zone, Zone, f64)] = &[
+    (Zone::NorthAmerica, Zone::NorthAmerica, 1.477), // 42 rows
+    (Zone::NorthAmerica, Zone::SouthAmerica, 1.467), // 18 rows
+    (Zone::NorthAmerica, Zone::Europe, 1.435),       // 102 rows
+    (Zone::NorthAmerica, Zone::MiddleEast, 1.588),   // 28 rows
+    (Zone::NorthAmerica, Zone::SouthAsia, 1.636),    // 21 rows
+    (Zone::NorthAmerica, Zone::EastAsia, 1.324),     // 73 rows
+    (Zone::NorthAmerica, Zone::Africa, 1.670),       // 10 rows
+    (Zone::NorthAmerica, Zone::Oceania, 1.198),      // 21 rows
+    (Zone::SouthAmerica, Zone::Europe, 1.838),       // 17 rows
+    (Zone::SouthAmerica, Zone::MiddleEast, 2.361),   // 5 rows
+    (Zone::SouthAmerica, Zone::EastAsia, 1.492),     // 13 rows
+    (Zone::Europe, Zone::Europe, 1.409),             // 53 rows
+    (Zone::Europe, Zone::MiddleEast, 1.777),         // 31 rows
+    (Zone::Europe, Zone::SouthAsia, 1.750),          // 23 rows
+    (Zone::Europe, Zone::EastAsia, 2.071),           // 83 rows
+    (Zone::Europe, Zone::Africa, 1.766),             // 11 rows
+    (Zone::Europe, Zone::Oceania, 1.533),            // 21 rows
+    (Zone::MiddleEast, Zone::SouthAsia, 1.914),      // 8 rows
+    (Zone::MiddleEast, Zone::EastAsia, 2.054),       // 21 rows
+    (Zone::MiddleEast, Zone::Oceania, 1.597),        // 7 rows
+    (Zone::SouthAsia, Zone::EastAsia, 1.820),        // 20 rows
+    (Zone::SouthAsia, Zone::Oceania, 1.488),         // 5 rows
+    (Zone::EastAsia, Zone::EastAsia, 1.499),         // 28 rows
+    (Zone::EastAsia, Zone::Africa, 2.588),           // 11 rows
+    (Zone::EastAsia, Zone::Oceania, 1.415),          // 19 rows
+];
+
 /// Parameters of the latency model; [`Default`] is the calibrated production model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencyModel {
-    /// Factor by which real paths are longer than the great circle.
+    /// Factor by which real paths are longer than the great circle, for corridors without a
+    /// fitted factor of their own.
     pub inflation: f64,
+    /// Fitted factor per corridor (unordered pair of zones); see [`Corridors`].
+    pub corridors: Corridors,
     /// Median of the per-peer access delay, ms (one way, one end).
     pub access_median_ms: f64,
     /// Standard deviation of ln(access delay): the spread of the log-normal.
@@ -75,7 +220,8 @@ pub struct LatencyModel {
 impl Default for LatencyModel {
     fn default() -> Self {
         LatencyModel {
-            inflation: 1.48,
+            inflation: FITTED_FALLBACK,
+            corridors: Corridors::fitted(),
             access_median_ms: 1.0,
             access_sigma: 1.0,
             access_max_ms: 50.0,
@@ -95,6 +241,8 @@ pub struct Placement {
     pub lat: f64,
     /// Longitude in degrees (the city's).
     pub lon: f64,
+    /// The city's zone, which picks the path inflation to other peers.
+    pub zone: Zone,
     /// The peer's own one-way access delay, added to every message it sends or receives.
     pub access_delay: Duration,
 }
@@ -120,9 +268,22 @@ fn duration_ms(ms: f64) -> Duration {
 }
 
 impl LatencyModel {
-    /// One-way propagation time in ms over a great-circle distance, inflation included.
-    pub fn propagation_ms(&self, distance_km: f64) -> f64 {
-        distance_km / FIBRE_KM_PER_S * 1e3 * self.inflation
+    /// Path inflation between two zones: the corridor's fitted factor, or the fallback.
+    pub fn inflation_between(&self, a: Zone, b: Zone) -> f64 {
+        self.corridors.get(a, b).unwrap_or(self.inflation)
+    }
+
+    /// One-way propagation time in ms over a great-circle distance between two zones,
+    /// inflation included.
+    pub fn propagation_ms(&self, distance_km: f64, a: Zone, b: Zone) -> f64 {
+        distance_km / FIBRE_KM_PER_S * 1e3 * self.inflation_between(a, b)
+    }
+
+    /// The part of a data-centre median RTT that does not grow with distance: four median
+    /// access delays (two per direction) and the median of two jitter draws, ms.
+    pub fn fixed_rtt_ms(&self) -> f64 {
+        4.0 * self.access_median_ms.min(self.access_max_ms)
+            + MEDIAN_OF_TWO_EXPONENTIALS * self.jitter_mean_ms.max(0.0)
     }
 
     /// Draws one peer's access delay (log-normal, capped).
@@ -168,6 +329,7 @@ impl LatencyModel {
                     city,
                     lat: cities[city].lat,
                     lon: cities[city].lon,
+                    zone: Zone::of(cities[city].lat, cities[city].lon),
                     access_delay,
                 }
             })
@@ -177,7 +339,7 @@ impl LatencyModel {
     /// One-way delay from `a` to `b` without jitter: propagation plus both access delays.
     pub fn base_one_way(&self, a: &Placement, b: &Placement) -> Duration {
         let km = haversine_km(a.lat, a.lon, b.lat, b.lon);
-        duration_ms(self.propagation_ms(km)) + a.access_delay + b.access_delay
+        duration_ms(self.propagation_ms(km, a.zone, b.zone)) + a.access_delay + b.access_delay
     }
 
     /// One-way delay of one message from `a` to `b`: the base plus a fresh jitter sample.
@@ -198,8 +360,8 @@ impl LatencyModel {
     /// median of the two independent exponential draws (out and back).
     pub fn median_rtt_between(&self, lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
         let km = haversine_km(lat1, lon1, lat2, lon2);
-        let one_way = self.propagation_ms(km) + 2.0 * self.access_median_ms.min(self.access_max_ms);
-        2.0 * one_way + MEDIAN_OF_TWO_EXPONENTIALS * self.jitter_mean_ms.max(0.0)
+        let (za, zb) = (Zone::of(lat1, lon1), Zone::of(lat2, lon2));
+        2.0 * self.propagation_ms(km, za, zb) + self.fixed_rtt_ms()
     }
 }
 
@@ -293,6 +455,7 @@ mod tests {
                     .expect("index"),
                 lat: c.lat,
                 lon: c.lon,
+                zone: Zone::of(c.lat, c.lon),
                 access_delay: duration_ms(model.access_median_ms),
             }
         };

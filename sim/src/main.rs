@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sim::report::{self, Row};
 use sim::scenario::{Scenario, Strategy};
-use sim::{gate, latency, run};
+use sim::{gate, latency, latency_fit, run};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,8 @@ use sim::{gate, latency, run};
     after_help = "Examples:\n  cargo run --release -p sim -- scenarios/100-peers.toml\n  \
                   cargo run --release -p sim -- scenarios/*-peers.toml --strategy direct --strategy geographic --out reports/scaling.csv\n  \
                   cargo run --release -p sim -- gate scenarios/ci reports/baseline.csv -j 2\n  \
-                  cargo run --release -p sim -- latency 38.9,-77.0 53.3,-6.3\n\n\
+                  cargo run --release -p sim -- latency 38.9,-77.0 53.3,-6.3\n  \
+                  cargo run --release -p sim -- latency-fit reports/latency-dataset/rtt.csv\n\n\
                   BEAM_SIM_DEBUG=1 lists every failed request on stderr (client, service, NAT, lookup);\n\
                   BEAM_SIM_DEBUG_SIZE=1 every honest peer's size estimate and the announcements it counted."
 )]
@@ -73,6 +74,16 @@ enum Cmd {
         /// Second point.
         #[arg(allow_hyphen_values = true)]
         b: String,
+    },
+    /// Fit the latency model's corridor factors to a published RTT dataset (every other row),
+    /// and print the median relative error on the held-out rows and per provider held out.
+    LatencyFit {
+        /// The dataset (columns source, lat_a, lon_a, lat_b, lon_b, rtt_ms).
+        #[arg(default_value = "reports/latency-dataset/rtt.csv")]
+        dataset: PathBuf,
+        /// Print the checks as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run every scenario in DIR and compare with the baseline; exit 1 on a regression.
     Gate {
@@ -209,6 +220,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Cmd::Latency { a, b }) => {
             println!("{}", latency::latency_command(&a, &b)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::LatencyFit { dataset, json }) => {
+            let samples = latency_fit::read_dataset(&dataset)?;
+            let report = latency_fit::evaluate(&samples, &latency::LatencyModel::default());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.checks)?);
+            } else {
+                print!("{}", latency_fit::render(&report));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Gate {
