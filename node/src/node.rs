@@ -32,7 +32,14 @@ pub struct NodeConfig {
     /// Whether others can dial this node (false behind a NAT: it then asks but does not
     /// answer DHT queries, relays nothing, and publishes its services through relays).
     pub reachable: bool,
+    /// A service record this node resolved answers its next resolves of the same name or
+    /// peer for this long, without a lookup (zero: every resolve asks the network). A route
+    /// that fails drops it ([`Node::uncache`]).
+    pub remember_resolved: Duration,
 }
+
+/// Most resolved records a node remembers ([`NodeConfig::remember_resolved`]).
+pub const MAX_REMEMBERED: usize = 256;
 
 impl NodeConfig {
     /// The settings of a node behind a NAT that cannot be dialled.
@@ -71,6 +78,7 @@ impl NodeConfig {
             dht,
             router,
             reachable: true,
+            remember_resolved: Duration::from_secs(60),
         }
     }
 }
@@ -196,6 +204,8 @@ pub struct NodeStats {
     /// Gossiped messages refused before gossip took them (bad signature, not drawn by the
     /// health lottery, stale, invalid record).
     pub gossip_refused: u64,
+    /// Resolves answered from a record resolved lately ([`NodeConfig::remember_resolved`]).
+    pub resolves_remembered: u64,
 }
 
 /// The protocol core of one peer.
@@ -257,6 +267,10 @@ pub struct Node {
     /// Service records announced by gossip (checked), newest per service.
     announced: BTreeMap<PeerId, Record>,
     resolver: Resolver,
+    /// The key each resolve in flight was asked for.
+    resolving: BTreeMap<ResolveId, Key>,
+    /// Records resolved lately, by the key asked for: (record, kept until).
+    remembered: BTreeMap<Key, (ServiceRecord, Instant)>,
     /// Finished resolves, to report.
     resolved: std::collections::VecDeque<Event>,
     stats: NodeStats,
@@ -334,6 +348,8 @@ impl Node {
             health_minute: None,
             announced: BTreeMap::new(),
             resolver: Resolver::default(),
+            resolving: BTreeMap::new(),
+            remembered: BTreeMap::new(),
             resolved: std::collections::VecDeque::new(),
             stats: NodeStats::default(),
         }
@@ -424,10 +440,44 @@ impl Node {
             ServiceRef::Peer(p) => p.key(),
             ServiceRef::Name(n) => Key::of_name(n),
         };
+        let unix = self.dht.unix_time(now);
+        if let Some((record, until)) = self.remembered.get(&key)
+            && now < *until
+            && record.expires > unix
+        {
+            let id = self.resolver.next_id();
+            self.stats.resolves_remembered += 1;
+            self.resolved.push_back(Event::Resolved {
+                id,
+                result: Ok(record.clone()),
+                stats: dht::QueryStats::default(),
+            });
+            return Ok(id);
+        }
         let query = self.dht.get_record(now, key)?;
         let id = self.resolver.next_id();
         self.resolver.wait(query, id, what);
+        if !self.config.remember_resolved.is_zero() {
+            self.resolving.insert(id, key);
+        }
         Ok(id)
+    }
+
+    /// Keeps `record`, resolved for `key`, for [`NodeConfig::remember_resolved`].
+    fn remember(&mut self, key: Key, record: &ServiceRecord) {
+        let now = self.last_now.unwrap_or(self.created);
+        self.remembered.retain(|_, (_, until)| *until > now);
+        if self.remembered.len() >= MAX_REMEMBERED
+            && let Some(oldest) = self
+                .remembered
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(k, _)| *k)
+        {
+            self.remembered.remove(&oldest);
+        }
+        let until = now + self.config.remember_resolved;
+        self.remembered.insert(key, (record.clone(), until));
     }
 
     /// Drops the cached copies behind `what` (its name record, if a name, and `service`'s
@@ -436,13 +486,18 @@ impl Node {
     pub fn uncache(&mut self, what: &ServiceRef, service: &PeerId) {
         if let ServiceRef::Name(n) = what {
             self.dht.uncache(&Key::of_name(n));
+            self.remembered.remove(&Key::of_name(n));
         }
         self.dht.uncache(&service.key());
+        self.remembered.remove(&service.key());
     }
 
     fn on_resolve_step(&mut self, step: Step) {
         match step {
             Step::Done(id, result, stats) => {
+                if let (Some(key), Ok(record)) = (self.resolving.remove(&id), &result) {
+                    self.remember(key, record);
+                }
                 self.resolved
                     .push_back(Event::Resolved { id, result, stats })
             }

@@ -954,6 +954,40 @@ fn names_and_addresses_resolve_to_the_verified_service_record() {
 }
 
 #[test]
+fn a_resolved_record_answers_the_next_resolves_until_it_is_dropped_or_old() {
+    use crate::app::ServiceRef;
+    let mut net = TestNet::grow(
+        33,
+        40,
+        Some(4),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let (client, service) = (6, 11);
+    publish_service(&mut net, service);
+    let what = ServiceRef::Peer(net.ids[service]);
+    let first = resolve_ref(&mut net, client, &what).expect("found");
+    let remembered = |net: &mut TestNet| net.node(client).stats().resolves_remembered;
+    let before = remembered(&mut net);
+    // Again within a minute: the same record, from memory.
+    assert_eq!(resolve_ref(&mut net, client, &what).expect("found"), first);
+    assert_eq!(remembered(&mut net), before + 1);
+    // A failed route drops it: the next resolve asks the network (and remembers again).
+    let peer = net.ids[service];
+    net.node(client).uncache(&what, &peer);
+    assert_eq!(resolve_ref(&mut net, client, &what).expect("found"), first);
+    assert_eq!(remembered(&mut net), before + 1);
+    assert_eq!(resolve_ref(&mut net, client, &what).expect("found"), first);
+    assert_eq!(remembered(&mut net), before + 2);
+    // A minute on, it is old: asked again.
+    net.run_for(Duration::from_secs(61));
+    let remembered_then = remembered(&mut net);
+    assert_eq!(resolve_ref(&mut net, client, &what).expect("found"), first);
+    assert_eq!(remembered(&mut net), remembered_then);
+}
+
+#[test]
 fn stream_routes_are_planned_by_strategy_and_learn_from_failures() {
     use crate::routing::Strategy;
     use std::collections::BTreeSet;

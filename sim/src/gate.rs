@@ -212,6 +212,14 @@ mod tests {
             in_degree_adversary: 3.0,
             eclipse_lookup_success: 1.0,
             size_estimate_error_max: 0.2,
+            e2e_p50_ms: 420.0,
+            e2e_p99_ms: 1200.0,
+            e2e_warm_p50_ms: 210.0,
+            e2e_warm_p99_ms: 600.0,
+            stretch_direct_p50: 1.0,
+            stretch_punched_p50: f64::NAN,
+            stretch_relayed_p50: 1.2,
+            connections_per_peer_s: 0.5,
         }
     }
 

@@ -14,6 +14,7 @@
 //!   loop runs over tokio's real UDP socket.
 //! - [`peer`] — one peer: the node core behind the driver, the workload's request/answer, the
 //!   adversary.
+//! - [`transport`] — connection setup and reuse between peers, as libp2p does it.
 //! - [`run`] — one scenario run: placement, joins, workload, churn and faults, measurement.
 //! - [`metrics`], [`report`] — what is measured, and the CSV row and chart it becomes.
 //! - [`gate`] — the CI gate: the `scenarios/ci` set against `reports/baseline.csv`.
@@ -36,3 +37,4 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod seeds;
+pub mod transport;

@@ -23,10 +23,14 @@ pub struct RequestRecord {
     pub client: usize,
     /// Service host index.
     pub service: usize,
+    /// A later request of this client to this service (`workload.follow_up_s`), not its
+    /// first.
+    pub warm: bool,
     /// The service-record lookup finished: (record found, stats).
     pub lookup: Option<(bool, QueryStats)>,
-    /// When the answer arrived, and the round-trip time of the request itself.
-    pub answer: Option<(Instant, Duration)>,
+    /// When the answer arrived, the round-trip time of the request itself, and the route's
+    /// relays (0: direct, or hole-punched when the service is behind a NAT).
+    pub answer: Option<(Instant, Duration, usize)>,
     /// The client left (churn, kill) before the request's deadline: the request is not
     /// counted, as nobody was left to receive the answer.
     pub client_left: bool,
@@ -103,11 +107,11 @@ impl Metrics {
     }
 
     /// Request `id` was answered at `at`, `rtt` after it was sent.
-    pub fn response(&mut self, id: u64, at: Instant, rtt: Duration) {
+    pub fn response(&mut self, id: u64, at: Instant, rtt: Duration, relays: usize) {
         if let Some(r) = self.requests.get_mut(&id)
             && r.answer.is_none()
         {
-            r.answer = Some((at, rtt));
+            r.answer = Some((at, rtt, relays));
         }
     }
 }

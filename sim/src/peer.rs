@@ -351,9 +351,13 @@ impl SimPeer {
                         }
                     }
                 }
-                beam_node::Event::Route(RouteEvent::Response { id, rtt, .. }) => {
+                beam_node::Event::Route(RouteEvent::Response {
+                    id, rtt, relays, ..
+                }) => {
                     if let Some(req) = self.in_flight.remove(&id) {
-                        self.metrics.borrow_mut().response(req, now, rtt);
+                        self.metrics
+                            .borrow_mut()
+                            .response(req, now, rtt, relays.len());
                     }
                 }
                 beam_node::Event::Route(RouteEvent::Failed { id, .. }) => {

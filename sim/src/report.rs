@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::scenario::Strategy;
 
 /// The table's columns, in order: the CSV header.
-pub const COLUMNS: [&str; 27] = [
+pub const COLUMNS: [&str; 35] = [
     "scenario",
     "seed",
     "peers",
@@ -54,6 +54,14 @@ pub const COLUMNS: [&str; 27] = [
     "in_degree_adversary",
     "eclipse_lookup_success",
     "size_estimate_error_max",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "e2e_warm_p50_ms",
+    "e2e_warm_p99_ms",
+    "stretch_direct_p50",
+    "stretch_punched_p50",
+    "stretch_relayed_p50",
+    "connections_per_peer_s",
 ];
 
 /// One scenario run's results: a row of the scaling table.
@@ -139,6 +147,33 @@ pub struct Row {
     /// Largest |estimated N − N| ÷ N over honest peers.
     #[serde(serialize_with = "decimals_5", default)]
     pub size_estimate_error_max: f64,
+    /// Median time from a client's first request to a service being issued to its answer:
+    /// the lookup, connection setups, the route's handshake and the request (ms).
+    #[serde(serialize_with = "decimals_1", default)]
+    pub e2e_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    #[serde(serialize_with = "decimals_1", default)]
+    pub e2e_p99_ms: f64,
+    /// Median issue-to-answer time of a later request from the same client to the same
+    /// service (`workload.follow_up_s`; record remembered, connections open), ms.
+    #[serde(serialize_with = "decimals_1", default)]
+    pub e2e_warm_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    #[serde(serialize_with = "decimals_1", default)]
+    pub e2e_warm_p99_ms: f64,
+    /// Median stretch of requests answered over a direct route to a dialable service (NaN
+    /// without any).
+    #[serde(serialize_with = "decimals_3", default)]
+    pub stretch_direct_p50: f64,
+    /// Median stretch over a hole-punched route to a service behind a NAT (NaN without any).
+    #[serde(serialize_with = "decimals_3", default)]
+    pub stretch_punched_p50: f64,
+    /// Median stretch over a relayed route (NaN without any).
+    #[serde(serialize_with = "decimals_3", default)]
+    pub stretch_relayed_p50: f64,
+    /// Connections set up per peer per simulated second (whole run, the transport model).
+    #[serde(serialize_with = "decimals_3", default)]
+    pub connections_per_peer_s: f64,
 }
 
 /// Formats `v` with `decimals` fixed decimals; −0 is written as 0.
@@ -187,7 +222,7 @@ pub enum ReportError {
         #[source]
         source: csv::Error,
     },
-    /// The header is not [`COLUMNS`]: the file is from another version or not a report.
+    /// The header is neither [`COLUMNS`] nor a start of it: not a report.
     #[error("{}report table header is {found:?}, expected {:?}", in_file(path), COLUMNS.join(","))]
     Header {
         /// The file, when there is one.
@@ -254,14 +289,21 @@ pub fn to_csv_string(rows: &[Row]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads a table written by [`write_rows`]; the header must be exactly [`COLUMNS`].
+/// The columns every table has had; later ones were added at the end.
+const FIRST_COLUMNS: usize = 20;
+
+/// Reads a table written by [`write_rows`]; the header must be [`COLUMNS`], or a table of an
+/// earlier version: its first columns, in order (the columns it lacks read as 0).
 pub fn read_rows_from(input: impl io::Read) -> Result<Vec<Row>, ReportError> {
     let csv_err = |source| ReportError::Csv { path: None, source };
     let mut r = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(input);
     let header = r.headers().map_err(csv_err)?;
-    if !header.iter().eq(COLUMNS) {
+    let known = header.len() >= FIRST_COLUMNS
+        && header.len() <= COLUMNS.len()
+        && header.iter().eq(COLUMNS[..header.len()].iter().copied());
+    if !known {
         return Err(ReportError::Header {
             path: None,
             found: header.iter().collect::<Vec<_>>().join(","),
@@ -472,6 +514,14 @@ mod tests {
             in_degree_adversary: 3.0,
             eclipse_lookup_success: 1.0,
             size_estimate_error_max: 0.25,
+            e2e_p50_ms: 420.0,
+            e2e_p99_ms: 1200.0,
+            e2e_warm_p50_ms: 210.0,
+            e2e_warm_p99_ms: 600.0,
+            stretch_direct_p50: 1.0,
+            stretch_punched_p50: f64::NAN,
+            stretch_relayed_p50: 1.2,
+            connections_per_peer_s: 0.5,
         }
     }
 
@@ -485,7 +535,8 @@ mod tests {
              lookup_hops_mean,lookup_p50_ms,lookup_p99_ms,regions_covered,size_estimate_error,\
              msgs_per_peer_s,bytes_per_peer_s,adversary_server_share,captured_share,\
              honest_scc_share,in_degree_honest,in_degree_adversary,eclipse_lookup_success,\
-             size_estimate_error_max\n"
+             size_estimate_error_max,e2e_p50_ms,e2e_p99_ms,e2e_warm_p50_ms,e2e_warm_p99_ms,\
+             stretch_direct_p50,stretch_punched_p50,stretch_relayed_p50,connections_per_peer_s\n"
         );
         // The struct's own field order agrees with COLUMNS.
         let mut w = csv::Writer::from_writer(Vec::new());
@@ -503,7 +554,7 @@ mod tests {
             line,
             "100-peers,42,100,multi-hop,120.0,6000,0.30000,123.5,100.0,412.0,88.0,1.235,\
              1.00000,3.000,250.0,900.0,6,0.00000,12.500,2048.2,0.20000,0.00000,1.00000,30.500,\
-             3.000,1.00000,0.25000"
+             3.000,1.00000,0.25000,420.0,1200.0,210.0,600.0,1.000,NaN,1.200,0.500"
         );
         assert_eq!(fixed(-0.04, 1), "0.0");
         assert_eq!(fixed(-0.06, 1), "-0.1");
@@ -544,6 +595,23 @@ mod tests {
         std::fs::write(&path, "scenario,seed\nx,1\n").expect("write");
         let e = read_rows(&path).expect_err("bad header").to_string();
         assert!(e.contains("table.csv") && e.contains("header"), "{e}");
+
+        // A table of an earlier version (its first 27 columns) reads, the rest as 0.
+        let full = to_csv_string(&rows);
+        let old: String = full
+            .lines()
+            .map(|l| l.split(',').take(27).collect::<Vec<_>>().join(",") + "\n")
+            .collect();
+        std::fs::write(&path, old).expect("write");
+        let back = read_rows(&path).expect("an older table");
+        assert_eq!(
+            back[0].size_estimate_error_max,
+            rows[0].size_estimate_error_max
+        );
+        assert_eq!(back[0].e2e_p50_ms, 0.0);
+        // Columns out of order are not a start of the contract.
+        std::fs::write(&path, full.replacen("seed,peers", "peers,seed", 1)).expect("write");
+        assert!(read_rows(&path).is_err());
 
         let bad_value = to_csv_string(&rows).replace("geographic", "teleport");
         std::fs::write(&path, bad_value).expect("write");

@@ -22,7 +22,7 @@
 //! network's jitter and loss, the workload, churn. Adding draws to one stream does not shift
 //! the others.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use crate::net::{HostId, SimHandle, SimNet, host_ip};
 use crate::peer::{Adversaries, Command, SimPeer, socket_addr};
 use crate::report::Row;
 use crate::scenario::{Scenario, Share, Strategy};
+use crate::transport::Connections;
 
 /// Wall-clock time the simulated network pretends it started at (records carry unix times).
 pub const UNIX_START: u64 = 1_800_000_000;
@@ -155,6 +156,8 @@ struct World {
     caching: bool,
     /// The service the adversaries eclipse, if they do.
     eclipse: Option<usize>,
+    /// Per host, how many of its peers have left (a connection dies with its peer).
+    epochs: Rc<Vec<Cell<u32>>>,
 }
 
 impl World {
@@ -243,6 +246,7 @@ impl World {
             }
         }
         self.handle.kill(self.hosts[host]);
+        self.epochs[host].set(self.epochs[host].get() + 1);
         self.current[host] = None;
         self.senders[host] = None;
     }
@@ -260,6 +264,13 @@ enum Action {
     Publish,
     StartMeasuring,
     Request,
+    /// The warm request after a cold one: the same client (of this generation) asks the
+    /// same service again.
+    FollowUp {
+        client: usize,
+        generation: u32,
+        service: usize,
+    },
     Kill,
     /// The session of the peer on this host (of this generation) ends.
     Leave {
@@ -282,7 +293,16 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         Rc::new(model.place_peers(scenario, &mut rng(scenario.seed, Stream::Placement)));
     let cast = cast(scenario)?;
     let ids = identities(scenario, &cast);
-    let mut net = network(scenario, &model, &placements, &ids.ips, &cast.nat);
+    let epochs: Rc<Vec<Cell<u32>>> = Rc::new((0..n).map(|_| Cell::new(0)).collect());
+    let connections = Rc::new(RefCell::new(Connections::new(&scenario.transport)));
+    let mut net = network(
+        scenario,
+        &model,
+        &placements,
+        &ids.ips,
+        &cast.nat,
+        (&epochs, &connections),
+    );
     let hosts: Vec<HostId> = (0..n).map(|i| net.add_host(ids.ips[i])).collect();
 
     let metrics = Rc::new(RefCell::new(Metrics::new(n)));
@@ -302,6 +322,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         metrics: Rc::clone(&metrics),
         start,
         eclipse: ids.eclipse,
+        epochs: Rc::clone(&epochs),
         republish: (scenario.workload.republish_s > 0)
             .then(|| Duration::from_secs(scenario.workload.republish_s)),
         caching: scenario.dht.caching,
@@ -346,6 +367,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         &w,
         &m,
         service_count,
+        connections.borrow().opened(),
     ))
 }
 
@@ -499,9 +521,12 @@ fn network(
     placements: &Rc<Vec<Placement>>,
     ips: &[std::net::Ipv4Addr],
     nat: &[bool],
+    (epochs, connections): (&Rc<Vec<Cell<u32>>>, &Rc<RefCell<Connections>>),
 ) -> SimNet {
     let seed = scenario.seed;
     let net = SimNet::new();
+    let handle = net.handle();
+    let (epochs, connections) = (Rc::clone(epochs), Rc::clone(connections));
     let by_ip: std::collections::HashMap<std::net::IpAddr, usize> = ips
         .iter()
         .enumerate()
@@ -537,7 +562,14 @@ fn network(
         if loss > 0.0 && rng.random_bool(loss) {
             return Verdict::Drop;
         }
-        Verdict::Deliver(model.one_way(pa, pb, &mut rng))
+        // No connection yet: the message waits for its setup (the transport model).
+        let wait = connections.borrow_mut().wait(
+            (a as u32, epochs[a].get()),
+            (b as u32, epochs[b].get()),
+            handle.now(),
+            || model.base_one_way(pa, pb) + model.base_one_way(pb, pa),
+        );
+        Verdict::Deliver(wait + model.one_way(pa, pb, &mut rng))
     });
     net
 }
@@ -613,6 +645,8 @@ struct Workload {
     n: usize,
     kill_fraction: f64,
     mean_session_s: f64,
+    /// `workload.follow_up_s`, when set.
+    follow_up: Option<Duration>,
     keys: Vec<Keypair>,
     roles: Vec<Participation>,
 }
@@ -658,6 +692,8 @@ impl Workload {
             n,
             kill_fraction: scenario.faults.kill_fraction,
             mean_session_s: scenario.churn.mean_session_s,
+            follow_up: (scenario.workload.follow_up_s > 0.0)
+                .then(|| Duration::from_secs_f64(scenario.workload.follow_up_s)),
             keys: ids.keys.clone(),
             roles: cast.roles.clone(),
         };
@@ -725,7 +761,16 @@ impl Workload {
                         w.send(h, Command::Snapshot);
                     }
                 }
-                Action::Request => self.request(&w, now),
+                Action::Request => self.request(&w, now, base.elapsed()),
+                Action::FollowUp {
+                    client,
+                    generation,
+                    service,
+                } => {
+                    if self.generation[client] == generation && w.current[client].is_some() {
+                        self.issue(&w, now, client, service, true);
+                    }
+                }
                 Action::Kill => self.kill(&mut w),
                 Action::Leave { host, generation } => {
                     self.leave(&mut w, host, generation, base.elapsed())
@@ -755,7 +800,7 @@ impl Workload {
 
     /// A random live client asks a random service (not sent, not counted, when the service
     /// is not alive).
-    fn request(&mut self, w: &World, now: Instant) {
+    fn request(&mut self, w: &World, now: Instant, elapsed: Duration) {
         if self.services.is_empty() {
             return;
         }
@@ -778,6 +823,26 @@ impl Workload {
         let Some(&client) = live.get(self.wl_rng.random_range(0..live.len().max(1))) else {
             return;
         };
+        self.issue(w, now, client, pick, false);
+        if let Some(after) = self.follow_up {
+            let generation = self.generation[client];
+            self.at(
+                elapsed + after,
+                Action::FollowUp {
+                    client,
+                    generation,
+                    service: pick,
+                },
+            );
+        }
+    }
+
+    /// Sends request `next_request` from `client` to the `pick`-th service (if it is alive).
+    fn issue(&mut self, w: &World, now: Instant, client: usize, pick: usize, warm: bool) {
+        let (service_host, service_id) = self.services[pick];
+        if w.current[service_host] != Some(service_id) {
+            return;
+        }
         self.next_request += 1;
         w.metrics.borrow_mut().requests.insert(
             self.next_request,
@@ -785,6 +850,7 @@ impl Workload {
                 start: now,
                 client,
                 service: service_host,
+                warm,
                 lookup: None,
                 answer: None,
                 client_left: false,
@@ -902,6 +968,7 @@ fn summarize_run(
     w: &World,
     m: &Metrics,
     services: usize,
+    connections_opened: u64,
 ) -> RunOutput {
     let mut requests = 0u64;
     let mut ok = 0u64;
@@ -912,6 +979,9 @@ fn summarize_run(
     let mut lookups_ok = 0u64;
     let mut hops = 0u64;
     let mut lookup_ms = vec![];
+    // Issue to answer, first requests and later ones; stretch per route kind.
+    let (mut e2e_cold, mut e2e_warm) = (vec![], vec![]);
+    let mut stretch_by = [vec![], vec![], vec![]];
     let mut regions = std::collections::BTreeSet::new();
     let debug = std::env::var_os("BEAM_SIM_DEBUG").is_some();
     for r in m.requests.values().filter(|r| !r.client_left) {
@@ -922,13 +992,17 @@ fn summarize_run(
             );
         }
         requests += 1;
-        lookups += 1;
-        if let Some((true, stats)) = &r.lookup {
-            lookups_ok += 1;
-            hops += u64::from(stats.hops);
-            lookup_ms.push(stats.duration.as_secs_f64() * 1000.0);
+        // A warm request reuses the record its client found: the lookup columns are the
+        // first requests'.
+        if !r.warm {
+            lookups += 1;
+            if let Some((true, stats)) = &r.lookup {
+                lookups_ok += 1;
+                hops += u64::from(stats.hops);
+                lookup_ms.push(stats.duration.as_secs_f64() * 1000.0);
+            }
         }
-        if let Some((at, rtt)) = r.answer
+        if let Some((at, rtt, relays)) = r.answer
             && at.saturating_duration_since(r.start) <= REQUEST_DEADLINE
         {
             ok += 1;
@@ -937,11 +1011,35 @@ fn summarize_run(
             rtts.push(rtt_ms);
             direct.push(d);
             stretch.push(rtt_ms / d);
+            let kind = match (relays, w.nat[r.service]) {
+                (0, false) => 0,
+                (0, true) => 1,
+                _ => 2,
+            };
+            stretch_by[kind].push(rtt_ms / d);
+            let e2e = at.saturating_duration_since(r.start).as_secs_f64() * 1000.0;
+            if r.warm {
+                e2e_warm.push(e2e);
+            } else {
+                e2e_cold.push(e2e);
+            }
             regions.insert(placements[r.client].region);
         }
     }
     let lat = metrics::summarize(rtts.iter().copied());
     let look = metrics::summarize(lookup_ms.iter().copied());
+    let (cold, warm) = (
+        metrics::summarize(e2e_cold.iter().copied()),
+        metrics::summarize(e2e_warm.iter().copied()),
+    );
+    let median_or_nan = |v: &mut Vec<f64>| {
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            metrics::median(v)
+        }
+    };
+    let [mut s_direct, mut s_punched, mut s_relayed] = stretch_by;
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
 
     // Size estimate: against the live DHT servers (light peers are not in routing tables, so
@@ -1039,6 +1137,16 @@ fn summarize_run(
             f64::NAN
         },
         size_estimate_error_max: if counted == 0 { 1.0 } else { err_max },
+        e2e_p50_ms: cold.p50,
+        e2e_p99_ms: cold.p99,
+        e2e_warm_p50_ms: warm.p50,
+        e2e_warm_p99_ms: warm.p99,
+        stretch_direct_p50: median_or_nan(&mut s_direct),
+        stretch_punched_p50: median_or_nan(&mut s_punched),
+        stretch_relayed_p50: median_or_nan(&mut s_relayed),
+        connections_per_peer_s: connections_opened as f64
+            / n
+            / (scenario.warmup_s + scenario.duration_s) as f64,
     };
     // Vivaldi against the model: 2,000 random pairs of live peers with coordinates.
     let with_coords: Vec<usize> = (0..w.current.len())

@@ -61,6 +61,8 @@ pub struct Scenario {
     pub workload: Workload,
     /// DHT settings.
     pub dht: Dht,
+    /// How connections between peers are set up and kept.
+    pub transport: Transport,
     /// Thresholds the CI gate checks this scenario's report row against.
     pub gate: Gate,
 }
@@ -81,6 +83,7 @@ impl Default for Scenario {
             nat: Nat::default(),
             workload: Workload::default(),
             dht: Dht::default(),
+            transport: Transport::default(),
             gate: Gate::default(),
         }
     }
@@ -320,6 +323,10 @@ pub struct Workload {
     /// (0: uniformly; 1: the classic popularity curve, the first service asked ~1/H(n) of
     /// the time).
     pub popularity: f64,
+    /// Each request is followed, this many simulated seconds later, by a second one from the
+    /// same client to the same service: the *warm* request (record known, connections open),
+    /// measured apart from the first, *cold* one (0: no follow-ups).
+    pub follow_up_s: f64,
 }
 
 impl Default for Workload {
@@ -330,6 +337,7 @@ impl Default for Workload {
             strategy: Strategy::Geographic,
             republish_s: 0,
             popularity: 0.0,
+            follow_up_s: 2.0,
         }
     }
 }
@@ -341,6 +349,55 @@ pub struct Dht {
     /// Nodes cache the records they resolve and push them along the lookup path
     /// (`p2p.caching`; `beam_node::dht::DhtConfig::cache` at its defaults).
     pub caching: bool,
+}
+
+/// `[transport]`: how two peers get a connection before their first message, as the real
+/// driver's libp2p does. A message to a peer without an open connection waits for the
+/// connection's setup (`setup_rtts` round trips between the two); a connection unused for
+/// `idle_timeout_s` closes, and one closes when either end leaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Transport {
+    /// `quic` (the default: the real driver listens on QUIC and TCP and dials both at once,
+    /// and QUIC's one-round-trip handshake wins on the same path) or `tcp`.
+    pub kind: TransportKind,
+    /// Round trips before the first message, overriding the kind's (QUIC 1: the TLS 1.3
+    /// handshake; TCP 2: the TCP handshake, then Noise XX, whose third message carries the
+    /// first data; 0: connections are free, as before the transport model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_rtts: Option<f64>,
+    /// A connection unused this long closes (the real driver's idle timeout, 60 s).
+    pub idle_timeout_s: f64,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            kind: TransportKind::Quic,
+            setup_rtts: None,
+            idle_timeout_s: 60.0,
+        }
+    }
+}
+
+impl Transport {
+    /// Round trips a new connection costs before its first message.
+    pub fn setup_rtts(&self) -> f64 {
+        self.setup_rtts.unwrap_or(match self.kind {
+            TransportKind::Quic => 1.0,
+            TransportKind::Tcp => 2.0,
+        })
+    }
+}
+
+/// The transport a scenario's connections use; written `quic` or `tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// QUIC: one round trip to set up.
+    Quic,
+    /// TCP with Noise and yamux: two.
+    Tcp,
 }
 
 /// `[gate]`: thresholds the CI gate checks; absent keys are not checked.
@@ -617,6 +674,27 @@ impl Scenario {
                 format!(" = {}: must be from 0 (uniform) to 4", num(w.popularity)),
             ));
         }
+        if !(w.follow_up_s.is_finite() && (0.0..=60.0).contains(&w.follow_up_s)) {
+            return Err(invalid(
+                "workload.follow_up_s",
+                format!(" = {}: must be from 0 (none) to 60", num(w.follow_up_s)),
+            ));
+        }
+        let t = &self.transport;
+        if let Some(r) = t.setup_rtts
+            && !(r.is_finite() && (0.0..=10.0).contains(&r))
+        {
+            return Err(invalid(
+                "transport.setup_rtts",
+                format!(" = {}: must be from 0 to 10 round trips", num(r)),
+            ));
+        }
+        if !(t.idle_timeout_s.is_finite() && t.idle_timeout_s > 0.0) {
+            return Err(invalid(
+                "transport.idle_timeout_s",
+                format!(" = {}: must be more than 0", num(t.idle_timeout_s)),
+            ));
+        }
         if let Some(min) = self.gate.min_routing_success {
             check_probability("gate.min_routing_success", min)?;
         }
@@ -870,6 +948,29 @@ mod tests {
         ] {
             assert_eq!(err(text), message);
         }
+    }
+
+    #[test]
+    fn transport_and_follow_ups_are_checked() {
+        assert_eq!(
+            err("[transport]\nsetup_rtts = 11"),
+            "transport.setup_rtts = 11: must be from 0 to 10 round trips"
+        );
+        assert_eq!(
+            err("[transport]\nidle_timeout_s = 0"),
+            "transport.idle_timeout_s = 0: must be more than 0"
+        );
+        assert_eq!(
+            err("[workload]\nfollow_up_s = -1"),
+            "workload.follow_up_s = -1: must be from 0 (none) to 60"
+        );
+        assert!(err("[transport]\nkind = \"sctp\"").contains("unknown variant"));
+        let tcp = Scenario::from_toml_str("[transport]\nkind = \"tcp\"").expect("tcp");
+        assert_eq!(tcp.transport.setup_rtts(), 2.0);
+        assert_eq!(Scenario::default().transport.setup_rtts(), 1.0);
+        let free = Scenario::from_toml_str("[transport]\nkind = \"tcp\"\nsetup_rtts = 0")
+            .expect("override");
+        assert_eq!(free.transport.setup_rtts(), 0.0);
     }
 
     #[test]
