@@ -633,13 +633,15 @@ impl Node {
     }
 
     /// Forgets the network, keeping the identity (`beam network reset`): the DHT's contacts
-    /// and size samples, the relays' trust, the gossip peers. The records this node publishes
-    /// are kept (and go out again when the driver bootstraps anew); so are the relays a
-    /// NATed service's record names, until it is published again.
+    /// and size samples, the relays' trust, the gossip peers, the records it resolved. The
+    /// records this node publishes are kept (and go out again when the driver bootstraps
+    /// anew); so are the relays a NATed service's record names, until it is published again.
     pub fn forget_network(&mut self, now: Instant) -> Forgotten {
         if let Some(g) = &mut self.gossip {
             g.forget_peers();
         }
+        // What it resolved came from the network it forgets.
+        self.remembered.clear();
         Forgotten {
             contacts: self.dht.forget_contacts(now),
             trusted_relays: self.router.forget(),

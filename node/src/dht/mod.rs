@@ -48,6 +48,11 @@ pub struct DhtConfig {
     pub alpha: usize,
     /// A request unanswered after this long has failed.
     pub request_timeout: Duration,
+    /// The transport closes a connection idle this long (the driver's idle timeout). A
+    /// request to a peer nothing passed to or from within it goes over a new connection, so
+    /// its round trip includes the dial and the handshake: it is no RTT sample for the
+    /// network coordinates.
+    pub connection_idle: Duration,
     /// Consecutive failures after which a peer leaves the table (sooner if a replacement waits).
     pub max_failures: u8,
     /// A full bucket's oldest entry is pinged when a newcomer arrives and it has not been
@@ -120,6 +125,7 @@ impl Default for DhtConfig {
             bucket_size: 20,
             alpha: 3,
             request_timeout: Duration::from_secs(1),
+            connection_idle: Duration::from_secs(60),
             max_failures: 2,
             stale_after: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(600),
@@ -288,6 +294,8 @@ struct PendingRequest {
     purpose: Purpose,
     sent: Instant,
     deadline: Instant,
+    /// Sent while a connection to the peer was likely open (see `connection_idle`).
+    warm: bool,
 }
 
 /// A round-trip time the DHT measured (request sent → answer received), with the
@@ -396,6 +404,8 @@ pub struct Dht {
     /// (when, number of peers, distance of the farthest as a fraction of the key space).
     size_samples: VecDeque<(Instant, usize, f64)>,
     rtt_samples: VecDeque<RttSample>,
+    /// When something last passed to or from each peer (pruned at `connection_idle`).
+    exchanged: BTreeMap<PeerId, Instant>,
     stats: DhtStats,
 }
 
@@ -447,6 +457,7 @@ impl Dht {
             next_sweep: now + Duration::from_secs(60),
             size_samples: VecDeque::new(),
             rtt_samples: VecDeque::new(),
+            exchanged: BTreeMap::new(),
             stats: DhtStats::default(),
             config,
         }
@@ -710,6 +721,7 @@ impl Dht {
         self.deadlines.clear();
         self.size_samples.clear();
         self.rtt_samples.clear();
+        self.exchanged.clear();
         self.refresh_round = None;
         self.rebootstrap = None;
         n
@@ -787,6 +799,7 @@ impl Dht {
         if from == self.local {
             return;
         }
+        self.exchanged.insert(from, now);
         match msg {
             DhtMessage::Request { id, mode, body } => {
                 if !self.config.server {
@@ -822,7 +835,8 @@ impl Dht {
                 };
                 self.deadlines.remove(&(pending.deadline, id));
                 self.saw_server(now, Contact { peer: from, addr });
-                if self.rtt_samples.len() < MAX_RTT_SAMPLES {
+                // Over a new connection the round trip includes its setup: no sample.
+                if pending.warm && self.rtt_samples.len() < MAX_RTT_SAMPLES {
                     self.rtt_samples.push_back(RttSample {
                         peer: from,
                         rtt: now.saturating_duration_since(pending.sent),
@@ -900,6 +914,9 @@ impl Dht {
             if let Some(c) = &mut self.cache {
                 c.expire(unix);
             }
+            let idle = self.config.connection_idle;
+            self.exchanged
+                .retain(|_, t| now.saturating_duration_since(*t) < idle);
         }
     }
 
@@ -973,6 +990,8 @@ impl Dht {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let deadline = now + self.config.request_timeout;
+        let warm = self.connection_open(now, &to.peer);
+        self.exchanged.insert(to.peer, now);
         self.requests.insert(
             id,
             PendingRequest {
@@ -980,6 +999,7 @@ impl Dht {
                 purpose,
                 sent: now,
                 deadline,
+                warm,
             },
         );
         self.deadlines.insert((deadline, id));
@@ -995,6 +1015,14 @@ impl Dht {
             message: DhtMessage::Request { id, mode, body },
         });
         true
+    }
+
+    /// Whether a connection to `peer` is likely open: something passed within
+    /// `connection_idle`.
+    fn connection_open(&self, now: Instant, peer: &PeerId) -> bool {
+        self.exchanged
+            .get(peer)
+            .is_some_and(|t| now.saturating_duration_since(*t) < self.config.connection_idle)
     }
 
     fn saw_server(&mut self, now: Instant, contact: Contact) {
