@@ -565,3 +565,90 @@ async fn bind(port: Option<u16>) -> Result<TcpListener> {
             )
         })
 }
+
+/// One round of `beam network probe`.
+#[derive(Debug, serde::Serialize)]
+pub struct ProbeRound {
+    /// The lookup: the node's memory of the record dropped first, so the DHT is asked.
+    pub lookup_ms: f64,
+    /// Whether the lookup found the service.
+    pub found: bool,
+    /// The route the strategy chose (`direct to …`, `relayed via … to …`, …).
+    pub route: Option<String>,
+    /// From asking for a tunnel to the service's answer ([`Opened::setup`]).
+    pub setup_ms: Option<f64>,
+    /// One round trip of the route once it was up ([`Opened::route_rtt`]).
+    pub route_rtt_ms: Option<f64>,
+    /// Why the round failed, if it did.
+    pub error: Option<String>,
+}
+
+/// `beam network probe`: `count` rounds, each a fresh lookup of `target` and a tunnel opened on
+/// the route `strategy` chooses (closed at once, nothing carried), one after another.
+pub async fn probe(
+    handle: &Handle,
+    target: &ServiceRef,
+    count: u32,
+    strategy: Strategy,
+) -> Result<Vec<ProbeRound>> {
+    // Whose record to forget before each lookup: known for an address; for a name, learnt from
+    // a first resolve that is not counted.
+    let mut peer = match target {
+        ServiceRef::Peer(p) => Some(*p),
+        ServiceRef::Name(_) => handle.resolve(target.clone()).await?.ok().map(|r| r.peer),
+    };
+    let mut rounds = Vec::new();
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(PROBE_PAUSE).await;
+        }
+        if let Some(p) = peer {
+            handle.uncache(target.clone(), p).await;
+        }
+        let started = Instant::now();
+        let resolved = handle.resolve(target.clone()).await?;
+        let lookup_ms = inspect::ms(started.elapsed());
+        let record = match resolved {
+            Ok(r) => r,
+            Err(e) => {
+                rounds.push(ProbeRound {
+                    lookup_ms,
+                    found: false,
+                    route: None,
+                    setup_ms: None,
+                    route_rtt_ms: None,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
+        peer = Some(record.peer);
+        let mut round = ProbeRound {
+            lookup_ms,
+            found: true,
+            route: None,
+            setup_ms: None,
+            route_rtt_ms: None,
+            error: None,
+        };
+        match handle.plan(&record, strategy, BTreeSet::new()).await {
+            Err(e) => round.error = Some(format!("no route: {e:#}")),
+            Ok(route) => {
+                round.route = Some(describe(&route));
+                match tunnel::open(handle, &route, None).await {
+                    Ok(opened) => {
+                        round.setup_ms = Some(inspect::ms(opened.setup));
+                        round.route_rtt_ms = Some(inspect::ms(opened.route_rtt));
+                    }
+                    // Refused (an access token is needed): the round trip still happened.
+                    Err(e) => round.error = Some(e.to_string()),
+                }
+            }
+        }
+        rounds.push(round);
+    }
+    Ok(rounds)
+}
+
+/// Between two rounds of a probe.
+const PROBE_PAUSE: Duration = Duration::from_millis(200);

@@ -13,6 +13,8 @@
 //! → {"get":"connectivity"}          {"get":"diagnose"}
 //! → {"get":"reconnect","forget":false}
 //! ← {"ok":true,"reconnected":{"disconnected":3,…}}
+//! → {"get":"probe","target":"beam://…","count":5,"strategy":"direct"}
+//! ← {"ok":true,"rounds":[{"lookup_ms":151.2,"found":true,"route_rtt_ms":80.4,…},…]}
 //! ```
 //!
 //! Binding also tells two `beam`s apart: a second one started with the same state directory
@@ -63,7 +65,17 @@ pub enum Request {
     Optimize { geo: bool },
     /// Drop every connection and join again (`forget`: forget the routing table first).
     Reconnect { forget: bool },
+    /// `count` fresh lookups of `target`, each followed by a tunnel opened on the route
+    /// `strategy` (`direct`, `multi-hop`, `geographic`) chooses (`beam network probe`).
+    Probe {
+        target: String,
+        count: u32,
+        strategy: String,
+    },
 }
+
+/// Most rounds one probe runs.
+pub const MAX_PROBE_ROUNDS: u32 = 100;
 
 /// What the running node knows about itself, for `beam status`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -218,6 +230,24 @@ async fn reply(req: Request, ctx: &Context) -> Result<serde_json::Value> {
             "ok": true,
             "reconnected": ctx.p2p.reconnect(forget).await?,
         })),
+        Request::Probe {
+            target,
+            count,
+            strategy,
+        } => {
+            let target: beam_node::app::ServiceRef = target.parse()?;
+            if !(1..=MAX_PROBE_ROUNDS).contains(&count) {
+                bail!("a probe runs 1 to {MAX_PROBE_ROUNDS} rounds, not {count}");
+            }
+            let strategy = match strategy.as_str() {
+                "direct" => beam_node::routing::Strategy::Direct,
+                "multi-hop" => beam_node::routing::Strategy::MultiHop,
+                "geographic" => beam_node::routing::Strategy::Geographic,
+                other => bail!("unknown strategy `{other}` (direct, multi-hop or geographic)"),
+            };
+            let rounds = crate::connect::probe(&ctx.p2p, &target, count, strategy).await?;
+            Ok(serde_json::json!({"ok": true, "rounds": rounds}))
+        }
         Request::Connections => Ok(serde_json::json!({
             "ok": true,
             "connections": ctx.p2p.connections.views(),

@@ -410,6 +410,24 @@ enum NetworkCommand {
         #[arg(long)]
         json: bool,
     },
+    /// How long the network takes to find a service and reach it, from the running node: each
+    /// round forgets the node's copy of the record, looks it up in the DHT (timed), and opens a
+    /// tunnel on the route the strategy chooses (timed: setup, and one round trip of the route),
+    /// then closes it. Exit 1 when a round fails.
+    Probe {
+        /// The service: beam://ADDRESS or a name.
+        target: String,
+        /// Rounds, one after another.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        count: u32,
+        /// The route's strategy.
+        #[arg(long, value_enum, default_value = "direct")]
+        strategy: StrategyArg,
+        /// Print JSON: {"rounds": [{"lookup_ms", "found", "route", "setup_ms", "route_rtt_ms",
+        /// "error"}], "lookup_p50_ms", "setup_p50_ms", "route_rtt_p50_ms", "found", "opened"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// What this node gives the network: circuits relayed for others, the distinct peers they
     /// came from, bytes relayed, tunnels served, uptime.
     MyStats {
@@ -904,6 +922,23 @@ fn run(cli: Cli, settings: &config::Settings) -> Result<()> {
         }) => {
             let dir = state::dir(cli.state_dir)?;
             runtime()?.block_on(network::analyze(&dir, json))
+        }
+        Some(Command::Network {
+            command:
+                NetworkCommand::Probe {
+                    target,
+                    count,
+                    strategy,
+                    json,
+                },
+        }) => {
+            let dir = state::dir(cli.state_dir)?;
+            let strategy = match strategy {
+                StrategyArg::Direct => "direct",
+                StrategyArg::MultiHop => "multi-hop",
+                StrategyArg::Geographic => "geographic",
+            };
+            runtime()?.block_on(network::probe(&dir, &target, count, strategy, json))
         }
         Some(Command::Network {
             command: NetworkCommand::MyStats { json },

@@ -783,3 +783,89 @@ pub async fn optimize(state_dir: &Path, geo: bool, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `beam network probe`: the running node looks `target` up `count` times afresh and opens a
+/// tunnel on the route `strategy` chooses after each lookup; prints each round and the medians.
+pub async fn probe(
+    state_dir: &Path,
+    target: &str,
+    count: u32,
+    strategy: &str,
+    json: bool,
+) -> Result<()> {
+    // Checked here too, for an error before anything is asked.
+    target
+        .parse::<beam_node::app::ServiceRef>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !(1..=control::MAX_PROBE_ROUNDS).contains(&count) {
+        bail!(
+            "--count takes 1 to {}, not {count}",
+            control::MAX_PROBE_ROUNDS
+        );
+    }
+    if !json {
+        eprintln!("probing {target}: {count} rounds of a fresh lookup and a tunnel ({strategy})");
+    }
+    let req = Request::Probe {
+        target: target.to_string(),
+        count,
+        strategy: strategy.to_string(),
+    };
+    // A round is a lookup (a few seconds at worst) and a tunnel (its retries included).
+    let v = control::ask(state_dir, &req, Duration::from_secs(30) * count).await?;
+    let rounds = v["rounds"].as_array().cloned().unwrap_or_default();
+    let column =
+        |key: &str| -> Vec<f64> { rounds.iter().filter_map(|r| r[key].as_f64()).collect() };
+    let mut lookups: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r["found"].as_bool() == Some(true))
+        .filter_map(|r| r["lookup_ms"].as_f64())
+        .collect();
+    let (mut setups, mut rtts) = (column("setup_ms"), column("route_rtt_ms"));
+    let opened = rtts.len();
+    let summary = serde_json::json!({
+        "target": target,
+        "strategy": strategy,
+        "rounds": rounds,
+        "found": lookups.len(),
+        "opened": opened,
+        "lookup_p50_ms": median(&mut lookups),
+        "setup_p50_ms": median(&mut setups),
+        "route_rtt_p50_ms": median(&mut rtts),
+    });
+    if json {
+        println!("{summary}");
+        return Ok(());
+    }
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1} ms"));
+    for (i, r) in rounds.iter().enumerate() {
+        let what = match (r["route"].as_str(), r["error"].as_str()) {
+            (Some(route), None) => format!(
+                "{route}: setup {}, round trip {}",
+                ms(&r["setup_ms"]),
+                ms(&r["route_rtt_ms"])
+            ),
+            (Some(route), Some(e)) => format!("{route}: {e}"),
+            (None, Some(e)) => e.to_string(),
+            (None, None) => String::new(),
+        };
+        println!("{:>3}  lookup {:>9}  {what}", i + 1, ms(&r["lookup_ms"]));
+    }
+    println!(
+        "found {} of {} · lookup p50 {} · tunnel setup p50 {} · route round trip p50 {} ({} opened)",
+        lookups.len(),
+        rounds.len(),
+        ms(&summary["lookup_p50_ms"]),
+        ms(&summary["setup_p50_ms"]),
+        ms(&summary["route_rtt_p50_ms"]),
+        opened
+    );
+    if opened < rounds.len() {
+        bail!(
+            "{} of {} rounds failed",
+            rounds.len() - opened,
+            rounds.len()
+        );
+    }
+    Ok(())
+}

@@ -154,6 +154,8 @@ struct World {
     republish: Option<Duration>,
     /// `dht.caching`.
     caching: bool,
+    /// `dht.remember_resolved_s`.
+    remember_resolved: Option<Duration>,
     /// The service the adversaries eclipse, if they do.
     eclipse: Option<usize>,
     /// Per host, how many of its peers have left (a connection dies with its peer).
@@ -202,6 +204,9 @@ impl World {
         }
         if self.caching {
             config.dht.cache = Some(beam_node::dht::CacheConfig::default());
+        }
+        if let Some(d) = self.remember_resolved {
+            config.remember_resolved = d;
         }
         let adversary = self.adversary[host].then(|| Rc::clone(&self.adversaries));
         let is_adversary = self.adversary[host];
@@ -326,6 +331,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         republish: (scenario.workload.republish_s > 0)
             .then(|| Duration::from_secs(scenario.workload.republish_s)),
         caching: scenario.dht.caching,
+        remember_resolved: scenario.dht.remember_resolved_s.map(Duration::from_secs),
         strategy: match scenario.workload.strategy {
             Strategy::Direct => beam_node::routing::Strategy::Direct,
             Strategy::MultiHop => beam_node::routing::Strategy::MultiHop,
@@ -335,7 +341,7 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
 
     // Joins: the first honest server at 0, then everyone else in host order, evenly spaced
     // over the first half of the warmup.
-    let first = cast.honest_servers.iter().copied().min().unwrap_or(0);
+    let first = first_server(&cast);
     let order: Vec<usize> = std::iter::once(first)
         .chain((0..n).filter(|&i| i != first))
         .collect();
@@ -369,6 +375,61 @@ pub fn run(scenario: &Scenario, mut progress: impl FnMut(u64, u64)) -> Result<Ru
         service_count,
         connections.borrow().opened(),
     ))
+}
+
+/// Where each host is and what it runs, as [`run`] builds them, for checks that rebuild the
+/// same network outside the simulator (the sim-vs-real test in `tests/`).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Each host's place (indexed by host).
+    pub placements: Vec<Placement>,
+    /// Each host's participation level.
+    pub roles: Vec<Participation>,
+    /// Behind a NAT.
+    pub nat: Vec<bool>,
+    /// The hosts that publish a service.
+    pub services: Vec<usize>,
+    /// The host that joins first; the others bootstrap from it.
+    pub first: usize,
+    /// Each host's identity key (the secret the real `beam` keeps in `identity.key`): the same
+    /// ids put the same peers nearest each record's key.
+    pub secrets: Vec<[u8; 32]>,
+    /// The delays the simulated network gives a message from one host to another, without
+    /// jitter ([`LatencyModel::base_one_way`]), and the mean jitter added to each.
+    pub model: LatencyModel,
+}
+
+impl Plan {
+    /// The mean one-way delay from host `a` to host `b`: the base plus the mean jitter.
+    pub fn mean_one_way_ms(&self, a: usize, b: usize) -> f64 {
+        self.model
+            .base_one_way(&self.placements[a], &self.placements[b])
+            .as_secs_f64()
+            * 1e3
+            + self.model.jitter_mean_ms.max(0.0)
+    }
+}
+
+/// The [`Plan`] of `scenario`: the same draws as [`run`]'s.
+pub fn plan(scenario: &Scenario) -> Result<Plan, RunError> {
+    let model = LatencyModel::default();
+    let placements = model.place_peers(scenario, &mut rng(scenario.seed, Stream::Placement));
+    let cast = cast(scenario)?;
+    let ids = identities(scenario, &cast);
+    Ok(Plan {
+        placements,
+        first: first_server(&cast),
+        secrets: ids.keys.iter().map(Keypair::secret).collect(),
+        roles: cast.roles,
+        nat: cast.nat,
+        services: cast.service_hosts,
+        model,
+    })
+}
+
+/// The honest server that joins first.
+fn first_server(cast: &Cast) -> usize {
+    cast.honest_servers.iter().copied().min().unwrap_or(0)
 }
 
 /// Who each host is (indexed by host).

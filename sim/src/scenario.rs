@@ -349,6 +349,11 @@ pub struct Dht {
     /// Nodes cache the records they resolve and push them along the lookup path
     /// (`p2p.caching`; `beam_node::dht::DhtConfig::cache` at its defaults).
     pub caching: bool,
+    /// How long a node answers a resolve from a record it resolved itself
+    /// (`beam_node::NodeConfig::remember_resolved`); unset: the node's default (60 s), 0: never
+    /// (every request's lookup asks the network, as `beam network probe` does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remember_resolved_s: Option<u64>,
 }
 
 /// `[transport]`: how two peers get a connection before their first message, as the real
