@@ -239,14 +239,14 @@ fn the_simulator_predicts_lookup_and_request_times_of_real_processes() {
     // share two cores: probes at once would measure the CPU).
     let (mut lookups, mut rtts, mut setups) = (vec![], vec![], vec![]);
     let mut pairs = vec![];
-    for h in 0..n {
+    for (h, dir) in dirs.iter().enumerate() {
         for &s in plan.services.iter().filter(|&&s| s != h) {
             let ex = t.exec(h);
             let count = ROUNDS.to_string();
             let out = Command::new(&ex[0])
                 .args(&ex[1..])
                 .arg(beam_bin())
-                .args(["--state-dir", dirs[h].path(), "network", "probe", &ids[s]])
+                .args(["--state-dir", dir.path(), "network", "probe", &ids[s]])
                 .args(["--count", &count, "--json"])
                 .output()
                 .expect("run beam network probe");
