@@ -35,7 +35,7 @@
 //! terms are not fitted (data-centre RTTs leave little room beyond propagation, so the access
 //! median is small, 1 ms, and its long tail provides slower peers); each corridor's factor is
 //! the weighted median that minimises the training rows' absolute relative error. On the
-//! held-out half the median relative error is 9.4 % (reports/README.md has the table, per
+//! held-out half the median relative error is 9.6 % (reports/README.md has the table, per
 //! provider held out too). The earlier single factor, fitted to four AWS pairs, was 13.2 % off
 //! on the same rows.
 //!
