@@ -237,9 +237,33 @@ fn the_simulator_predicts_lookup_and_request_times_of_real_processes() {
 
     // Every host probes every service it does not publish, one host at a time (the processes
     // share two cores: probes at once would measure the CPU).
+    // A lookup's floor: one round trip to each of the α = 3 peers nearest the record's key
+    // (every one of them a holder in a network this small), the slowest of the three.
+    let peer_ids: Vec<beam_node::PeerId> = plan
+        .secrets
+        .iter()
+        .map(|s| beam_node::Keypair::from_secret(*s).peer_id())
+        .collect();
+    let one_round = |client: usize, service: usize| {
+        let key = peer_ids[service].key();
+        let mut others: Vec<usize> = (0..n).filter(|&p| p != client).collect();
+        others.sort_by_key(|&p| peer_ids[p].key().distance(&key));
+        others
+            .iter()
+            .take(3)
+            .map(|&p| plan.mean_one_way_ms(client, p) + plan.mean_one_way_ms(p, client))
+            .fold(0.0, f64::max)
+    };
     let (mut lookups, mut rtts, mut setups) = (vec![], vec![], vec![]);
     let mut pairs = vec![];
     for (h, dir) in dirs.iter().enumerate() {
+        // What the node knows, beside its lookup times (the simulator's nodes know all 7 others).
+        let status: serde_json::Value =
+            serde_json::from_str(&beam_e2e::status_json(dir)).unwrap_or_default();
+        eprintln!(
+            "h{h}: routing table {}, peers connected {}",
+            status["p2p"]["routing_table"], status["p2p"]["peers_connected"]
+        );
         for &s in plan.services.iter().filter(|&&s| s != h) {
             let ex = t.exec(h);
             let count = ROUNDS.to_string();
@@ -270,8 +294,9 @@ fn the_simulator_predicts_lookup_and_request_times_of_real_processes() {
             }
             let model_rtt = plan.mean_one_way_ms(h, s) + plan.mean_one_way_ms(s, h);
             eprintln!(
-                "h{h} → service h{s}: model RTT {model_rtt:.1} ms; lookups {pl:.1?} ms; route \
-                 round trips {pr:.1?} ms"
+                "h{h} → service h{s}: model RTT {model_rtt:.1} ms; one round to the 3 nearest \
+                 the key {:.1} ms; lookups {pl:.1?} ms; route round trips {pr:.1?} ms",
+                one_round(h, s)
             );
             pairs.push((
                 h,
